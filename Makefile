@@ -1,0 +1,40 @@
+# bzi-broadcast — the two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench catalogs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/bzi-broadcast preview config/examples/weltoffene-kommunen.yaml
+
+test: $(STAMP) lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check bzi_broadcast tests bench
+	$(BIN)/ruff format --check bzi_broadcast tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.render
+
+catalogs: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -k _ -k gettext -k ngettext:1,2 \
+		--no-location --omit-header -o bzi_broadcast/locale/messages.pot .
+	$(BIN)/pybabel update -i bzi_broadcast/locale/messages.pot -d bzi_broadcast/locale \
+		-D messages -l en --no-fuzzy-matching
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

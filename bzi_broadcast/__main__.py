@@ -1,0 +1,3 @@
+from bzi_broadcast.cli import main
+
+raise SystemExit(main())

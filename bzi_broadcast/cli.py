@@ -1,0 +1,85 @@
+"""The ``bzi-broadcast`` command line: one sub-command per task, errors as messages, never tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bzi_broadcast import __version__
+from bzi_broadcast.errors import BroadcastError, ConfigError, ContentError, TemplateError
+from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.i18n import use_locale
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bzi-broadcast",
+        description=_("Eine Ankündigung einmal schreiben, auf allen Kanälen veröffentlichen."),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, help=_("Konfigurationsdatei (TOML)"))
+    parser.add_argument("--templates", type=Path, help=_("Verzeichnis mit eigenen Vorlagen"))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="BEFEHL")
+    _add_preview(commands)
+    return parser
+
+
+def _add_preview(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bzi_broadcast.preview import run_preview
+
+    preview = commands.add_parser("preview", help=_("zeigt, wie eine Ankündigung in jedem Kanal aussieht"))
+    preview.add_argument("file", type=Path, metavar="DATEI")
+    preview.add_argument(
+        "--channel", choices=("email", "mastodon", "telegram", "all"), default="all",
+        help=_("nur diesen Kanal zeigen"),
+    )
+    preview.add_argument("--json", action="store_true", help=_("maschinenlesbar als JSON ausgeben"))
+    preview.add_argument("--html", type=Path, metavar="AUSGABE.html",
+                         help=_("eine HTML-Seite mit allen Kanälen nebeneinander schreiben"))
+    preview.add_argument("--mastodon-limit", type=_positive, default=500, metavar="N",
+                         help=_("Zeichenlimit der Mastodon-Instanz (Standard: 500)"))
+    preview.add_argument("--url-length", type=_positive, default=23, metavar="N",
+                         help=_("so viele Zeichen zählt Mastodon je Link (Standard: 23)"))
+    preview.set_defaults(handler=run_preview)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(_("„{value}“ ist keine positive ganze Zahl").format(value=value))
+    return number
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    with use_locale(os.environ.get("BZI_LANG", "de")):
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    logging.basicConfig(level=os.environ.get("BZI_LOG_LEVEL", "WARNING"))
+    args = build_parser().parse_args(argv)
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except (ContentError, TemplateError, ConfigError) as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BroadcastError as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(_("Abgebrochen."), file=sys.stderr)
+        return 130

@@ -1,0 +1,77 @@
+"""Rendering: one announcement into each channel's exact form, as pure functions of the content.
+
+``Renderer`` loads the templates once (packaged ones shadowed by an override directory); its
+methods do no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Final
+
+from bzi_broadcast.config import RenderSettings
+from bzi_broadcast.content.model import Announcement
+from bzi_broadcast.render.context import RenderContext
+from bzi_broadcast.render.email import render_email
+from bzi_broadcast.render.environment import create_environment
+from bzi_broadcast.render.renditions import (
+    EmailRendition,
+    MastodonRendition,
+    Renditions,
+    TelegramRendition,
+    WebRendition,
+)
+from bzi_broadcast.render.social import (
+    TELEGRAM_CAPTION_LIMIT,
+    TELEGRAM_MESSAGE_LIMIT,
+    render_mastodon,
+    render_telegram,
+)
+from bzi_broadcast.render.thread import ThreadLimits
+from bzi_broadcast.render.web import render_web
+
+CHANNELS: Final = ("email", "mastodon", "telegram")
+
+
+class Renderer:
+    def __init__(self, settings: RenderSettings | None = None) -> None:
+        settings = settings or RenderSettings()
+        env = create_environment(settings.templates_dir)
+        self._ctx = RenderContext(env=env, organisation=settings.organisation)
+
+    def email(self, announcement: Announcement) -> EmailRendition:
+        return render_email(self._ctx, announcement)
+
+    def mastodon(
+        self, announcement: Announcement, limits: ThreadLimits | None = None
+    ) -> MastodonRendition:
+        return render_mastodon(self._ctx, announcement, limits or ThreadLimits())
+
+    def telegram(self, announcement: Announcement) -> TelegramRendition:
+        return render_telegram(self._ctx, announcement)
+
+    def web(self, announcement: Announcement) -> WebRendition:
+        return render_web(self._ctx, announcement)
+
+    def preview_page(self, announcement: Announcement, renditions: Renditions) -> str:
+        """One self-contained HTML page showing every channel side by side, with counts."""
+        return self._ctx.render("preview/page.html.j2", announcement, r=renditions,
+                                telegram_limit=TELEGRAM_MESSAGE_LIMIT,
+                                caption_limit=TELEGRAM_CAPTION_LIMIT)
+
+    def render(
+        self,
+        announcement: Announcement,
+        *,
+        channels: Collection[str] = CHANNELS,
+        mastodon_limits: ThreadLimits | None = None,
+    ) -> Renditions:
+        return Renditions(
+            email=self.email(announcement) if "email" in channels else None,
+            mastodon=self.mastodon(announcement, mastodon_limits) if "mastodon" in channels else None,
+            telegram=self.telegram(announcement) if "telegram" in channels else None,
+            web=self.web(announcement) if "web" in channels else None,
+        )
+
+
+__all__ = ["CHANNELS", "Renderer", "Renditions", "ThreadLimits"]
