@@ -1,4 +1,4 @@
-"""The ``bzi-broadcast`` command line: one sub-command per task, errors as messages, never tracebacks."""
+"""The ``bzi-broadcast`` command line: a sub-command per task; errors as messages, no tracebacks."""
 
 from __future__ import annotations
 
@@ -37,19 +37,37 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_preview(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from bzi_broadcast.preview import run_preview
 
-    preview = commands.add_parser("preview", help=_("zeigt, wie eine Ankündigung in jedem Kanal aussieht"))
+    preview = commands.add_parser(
+        "preview", help=_("zeigt, wie eine Ankündigung in jedem Kanal aussieht")
+    )
     preview.add_argument("file", type=Path, metavar="DATEI")
     preview.add_argument(
-        "--channel", choices=("email", "mastodon", "telegram", "all"), default="all",
+        "--channel",
+        choices=("email", "mastodon", "telegram", "all"),
+        default="all",
         help=_("nur diesen Kanal zeigen"),
     )
     preview.add_argument("--json", action="store_true", help=_("maschinenlesbar als JSON ausgeben"))
-    preview.add_argument("--html", type=Path, metavar="AUSGABE.html",
-                         help=_("eine HTML-Seite mit allen Kanälen nebeneinander schreiben"))
-    preview.add_argument("--mastodon-limit", type=_positive, default=500, metavar="N",
-                         help=_("Zeichenlimit der Mastodon-Instanz (Standard: 500)"))
-    preview.add_argument("--url-length", type=_positive, default=23, metavar="N",
-                         help=_("so viele Zeichen zählt Mastodon je Link (Standard: 23)"))
+    preview.add_argument(
+        "--html",
+        type=Path,
+        metavar="AUSGABE.html",
+        help=_("eine HTML-Seite mit allen Kanälen nebeneinander schreiben"),
+    )
+    preview.add_argument(
+        "--mastodon-limit",
+        type=_positive,
+        default=500,
+        metavar="N",
+        help=_("Zeichenlimit der Mastodon-Instanz (Standard: 500)"),
+    )
+    preview.add_argument(
+        "--url-length",
+        type=_positive,
+        default=23,
+        metavar="N",
+        help=_("so viele Zeichen zählt Mastodon je Link (Standard: 23)"),
+    )
     preview.set_defaults(handler=run_preview)
 
 
@@ -59,7 +77,9 @@ def _positive(value: str) -> int:
     except ValueError:
         number = 0
     if number <= 0:
-        raise argparse.ArgumentTypeError(_("„{value}“ ist keine positive ganze Zahl").format(value=value))
+        raise argparse.ArgumentTypeError(
+            _("„{value}“ ist keine positive ganze Zahl").format(value=value)
+        )
     return number
 
 

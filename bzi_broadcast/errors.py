@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bzi_broadcast.i18n import N_, ngettext
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.i18n import ngettext
 
 
 class BroadcastError(Exception):
@@ -59,3 +59,12 @@ class ContentError(BroadcastError):
 
 class TemplateError(BroadcastError):
     """Eine Vorlage ist fehlerhaft."""
+
+
+# The docstrings above are the default messages; listed here so the catalog extractor finds them.
+_DEFAULT_MESSAGES = (
+    N_("Ein Fehler in bzi-broadcast."),
+    N_("Die Konfiguration ist ungültig."),
+    N_("Die Ankündigung ist ungültig."),
+    N_("Eine Vorlage ist fehlerhaft."),
+)

@@ -69,7 +69,7 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translations(_active.get()).ngettext(singular, plural, n)
 
 
-def N_(message: str) -> str:  # noqa: N802 - the conventional gettext marker
+def N_(message: str) -> str:
     """Mark ``message`` for extraction; it is translated later, where it is shown."""
     return message
 

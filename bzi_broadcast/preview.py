@@ -1,4 +1,4 @@
-"""``bzi-broadcast preview``: every channel of one announcement, in the terminal, as JSON or HTML."""
+"""``bzi-broadcast preview``: every channel of an announcement, in the terminal, as JSON or HTML."""
 
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def _write_atomically(path: Path, text: str) -> None:
 def print_renditions(renditions: Renditions, out: TextIO) -> None:
     if renditions.email:
         _heading(out, _("E-Mail"))
-        out.write(f"{_('Betreff')}: {renditions.email.subject}\n")
-        out.write(f"{_('Vorschautext')}: {renditions.email.preheader}\n\n")
+        out.write(_("Betreff: {subject}").format(subject=renditions.email.subject) + "\n")
+        out.write(_("Vorschautext: {text}").format(text=renditions.email.preheader) + "\n\n")
         out.write(renditions.email.text)
     if renditions.mastodon:
         _print_mastodon(renditions.mastodon, out)
@@ -88,23 +88,29 @@ def _heading(out: TextIO, title: str) -> None:
 
 def _print_mastodon(rendition: MastodonRendition, out: TextIO) -> None:
     count = len(rendition.posts)
-    _heading(out, ngettext("Mastodon – {n} Beitrag", "Mastodon – {n} Beiträge", count).format(n=count))
+    _heading(
+        out, ngettext("Mastodon – {n} Beitrag", "Mastodon – {n} Beiträge", count).format(n=count)
+    )
     for number, post in enumerate(rendition.posts, start=1):
         counter = _("{length}/{limit} Zeichen").format(
-            length=post.length, limit=rendition.max_characters)
+            length=post.length, limit=rendition.max_characters
+        )
         out.write(f"\n── {number}/{count} · {counter}\n")
         if post.spoiler_text:
-            out.write(f"[{_('Inhaltswarnung')}: {post.spoiler_text}]\n")
+            out.write("[" + _("Inhaltswarnung: {text}").format(text=post.spoiler_text) + "]\n")
         out.write(post.text + "\n")
 
 
 def _print_telegram(rendition: TelegramRendition, out: TextIO) -> None:
     count = len(rendition.messages)
-    _heading(out, ngettext("Telegram – {n} Nachricht", "Telegram – {n} Nachrichten", count).format(n=count))
+    _heading(
+        out,
+        ngettext("Telegram – {n} Nachricht", "Telegram – {n} Nachrichten", count).format(n=count),
+    )
     for number, message in enumerate(rendition.messages, start=1):
         limit = TELEGRAM_CAPTION_LIMIT if message.photo else TELEGRAM_MESSAGE_LIMIT
         counter = _("{length}/{limit} UTF-16-Einheiten").format(length=message.length, limit=limit)
-        photo = f" · {_('Bild')}: {message.photo}" if message.photo else ""
+        photo = " · " + _("Bild: {src}").format(src=message.photo) if message.photo else ""
         out.write(f"\n── {number}/{count} · {counter}{photo}\n{message.text}\n")
 
 

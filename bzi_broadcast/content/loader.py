@@ -45,8 +45,10 @@ def load_announcement(path: Path | str) -> Announcement:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise _error(str(path), _("Datei kann nicht gelesen werden: {reason}").format(
-            reason=exc.strerror or exc)) from exc
+        raise _error(
+            str(path),
+            _("Datei kann nicht gelesen werden: {reason}").format(reason=exc.strerror or exc),
+        ) from exc
     return parse_announcement(raw, fmt=fmt, source=str(path))
 
 
@@ -68,8 +70,7 @@ def validate_announcement(
     try:
         return Announcement.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(error, data, lines or {}) for error in exc.errors()]
-        raise ContentError(problems, source=source) from None
+        raise ContentError(_problems(exc.errors(), data, lines or {}), source=source) from None
 
 
 def _decode(raw: bytes | str, source: str | None) -> str:
@@ -101,7 +102,9 @@ def _parse_json(text: str, source: str | None) -> tuple[Any, dict[Location, int]
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         message = _("kein gültiges JSON: {problem}").format(problem=exc.msg)
-        raise ContentError([Problem(path="", message=message, line=exc.lineno)], source=source) from None
+        raise ContentError(
+            [Problem(path="", message=message, line=exc.lineno)], source=source
+        ) from None
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError:
@@ -121,31 +124,56 @@ def _node_lines(node: yaml.Node, location: Location) -> Iterator[tuple[Location,
             yield from _node_lines(item, (*location, index))
 
 
-def _problem(error: ErrorDetails, data: Any, lines: Mapping[Location, int]) -> Problem:
-    location = _data_location(error["loc"], data)
-    line = next((lines[loc] for loc in _ancestors(location) if loc in lines), None)
-    return Problem(path=_dotted(location), message=_message(error), line=line)
+def _problems(
+    errors: list[ErrorDetails], data: Any, lines: Mapping[Location, int]
+) -> list[Problem]:
+    """One problem per field: union alternatives merged, follow-on errors of parents dropped."""
+    located = [(_data_location(error["loc"], data), error) for error in errors]
+    by_location: dict[Location, ErrorDetails] = {}
+    for location, error in located:
+        by_location.setdefault(location, error)
+    return [
+        Problem(path=_dotted(location), message=_message(error), line=_line(location, lines))
+        for location, error in by_location.items()
+        if not any(_is_below(other, location) for other in by_location)
+    ]
+
+
+def _is_below(location: Location, ancestor: Location) -> bool:
+    return len(location) > len(ancestor) and location[: len(ancestor)] == ancestor
+
+
+def _line(location: Location, lines: Mapping[Location, int]) -> int | None:
+    return next((lines[loc] for loc in _ancestors(location) if loc in lines), None)
 
 
 def _data_location(loc: Iterable[str | int], data: Any) -> Location:
-    """Drop the parts pydantic adds (union tags, validator names) that are not in the data."""
+    """Follow pydantic's error location through the data, keeping only the parts found there.
+
+    Pydantic adds parts that are not in the document: the union tag of a block (its type) and
+    validator names. A missing field is kept: it is the last part, named on an existing object.
+    """
     location: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
+        if _contains(node, part):
             node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif part in ("function-after[_check_range()]",) or not _could_be_missing(node, part):
+        elif isinstance(node, dict) and isinstance(part, str) and _is_field_name(node, part):
+            node = None
+        else:
             continue
         location.append(part)
     return tuple(location)
 
 
-def _could_be_missing(node: Any, part: str | int) -> bool:
-    return isinstance(node, dict) and isinstance(part, str) and not part.startswith(
-        ("function-", "lax-", "strict-")
-    ) and part not in BLOCK_TYPES
+def _contains(node: Any, part: str | int) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _is_field_name(node: dict[str, Any], part: str) -> bool:
+    return part != node.get("type") and part.isidentifier()
 
 
 def _ancestors(location: Location) -> Iterator[Location]:
@@ -160,6 +188,7 @@ def _dotted(location: Location) -> str:
     return text
 
 
+_BAD_DATE = N_("kein gültiges Datum (erwartet JJJJ-MM-TT oder JJJJ-MM-TT HH:MM)")
 _MESSAGES = {
     "missing": N_("Pflichtfeld fehlt"),
     "extra_forbidden": N_("unbekanntes Feld"),
@@ -174,8 +203,10 @@ _MESSAGES = {
     "model_attributes_type": N_("erwartet wird ein Objekt mit Feldern"),
     "dict_type": N_("erwartet wird ein Objekt mit Feldern"),
     "too_short": N_("darf nicht leer sein"),
-    "date_from_datetime_parsing": N_("kein gültiges Datum (erwartet JJJJ-MM-TT)"),
-    "date_parsing": N_("kein gültiges Datum (erwartet JJJJ-MM-TT)"),
+    "date_from_datetime_parsing": N_(
+        "kein gültiges Datum (erwartet JJJJ-MM-TT oder JJJJ-MM-TT HH:MM)"
+    ),
+    "date_parsing": N_("kein gültiges Datum (erwartet JJJJ-MM-TT oder JJJJ-MM-TT HH:MM)"),
     "datetime_parsing": N_("kein gültiger Zeitpunkt (erwartet JJJJ-MM-TT HH:MM)"),
     "datetime_from_date_parsing": N_("kein gültiger Zeitpunkt (erwartet JJJJ-MM-TT HH:MM)"),
     "union_tag_not_found": N_("das Feld type fehlt"),
@@ -187,9 +218,17 @@ def _message(error: ErrorDetails) -> str:
     ctx = error.get("ctx", {})
     if kind == "union_tag_invalid":
         return _("unbekannter Blocktyp „{tag}“ (erlaubt: {allowed})").format(
-            tag=ctx.get("tag"), allowed=", ".join(BLOCK_TYPES))
-    if kind == "enum" or kind == "literal_error":
-        return _("ungültiger Wert (erlaubt: {expected})").format(expected=ctx.get("expected"))
+            tag=ctx.get("tag"), allowed=", ".join(BLOCK_TYPES)
+        )
+    if kind in ("enum", "literal_error"):
+        expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        return _("ungültiger Wert „{value}“ (erlaubt: {expected})").format(
+            value=error.get("input"), expected=expected
+        )
+    if kind.startswith(("date", "datetime")) and "outside expected range" in str(ctx.get("error")):
+        return _("„{value}“: dieses Datum oder diese Uhrzeit gibt es nicht").format(
+            value=error.get("input")
+        )
     if kind == "string_too_long":
         return _("zu lang (höchstens {max} Zeichen)").format(max=ctx.get("max_length"))
     if kind == "value_error":

@@ -126,7 +126,9 @@ def plain_text(nodes: Sequence[Node | Inline]) -> str:
                 parts.append(text)
             case LineBreak():
                 parts.append("\n")
-            case Strong(children=c) | Emphasis(children=c) | Link(children=c) | Paragraph(children=c):
+            case (
+                Strong(children=c) | Emphasis(children=c) | Link(children=c) | Paragraph(children=c)
+            ):
                 parts.append(plain_text(c))
             case ListBlock(items=items):
                 parts.append("\n".join(plain_text(item) for item in items))

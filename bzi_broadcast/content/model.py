@@ -22,7 +22,9 @@ LOCAL_TZ = ZoneInfo("Europe/Berlin")
 _WHITESPACE = re.compile(r"\s+")
 _HASHTAG = re.compile(r"^#?(\w+)$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_URL = re.compile(r"^https?://[^\s/?#]+\.[^\s/?#]+(?:[/?#]\S*)?$|^https?://localhost(?::\d+)?(?:[/?#]\S*)?$")
+_URL = re.compile(
+    r"^https?://[^\s/?#]+\.[^\s/?#]+(?:[/?#]\S*)?$|^https?://localhost(?::\d+)?(?:[/?#]\S*)?$"
+)
 
 
 def _single_line(value: str) -> str:
@@ -148,8 +150,10 @@ class EventBlock(Frozen):
         if self.end is None:
             return self
         if isinstance(self.start, datetime) != isinstance(self.end, datetime):
-            raise ValueError(N_("start und end müssen beide Datum oder beide Datum mit Uhrzeit sein"))
-        if self.end < self.start:  # type: ignore[operator]
+            raise ValueError(
+                N_("start und end müssen beide Datum oder beide Datum mit Uhrzeit sein")
+            )
+        if self.end < self.start:
             raise ValueError(N_("end liegt vor start"))
         return self
 

@@ -55,9 +55,13 @@ class Renderer:
 
     def preview_page(self, announcement: Announcement, renditions: Renditions) -> str:
         """One self-contained HTML page showing every channel side by side, with counts."""
-        return self._ctx.render("preview/page.html.j2", announcement, r=renditions,
-                                telegram_limit=TELEGRAM_MESSAGE_LIMIT,
-                                caption_limit=TELEGRAM_CAPTION_LIMIT)
+        return self._ctx.render(
+            "preview/page.html.j2",
+            announcement,
+            r=renditions,
+            telegram_limit=TELEGRAM_MESSAGE_LIMIT,
+            caption_limit=TELEGRAM_CAPTION_LIMIT,
+        )
 
     def render(
         self,
@@ -68,7 +72,9 @@ class Renderer:
     ) -> Renditions:
         return Renditions(
             email=self.email(announcement) if "email" in channels else None,
-            mastodon=self.mastodon(announcement, mastodon_limits) if "mastodon" in channels else None,
+            mastodon=self.mastodon(announcement, mastodon_limits)
+            if "mastodon" in channels
+            else None,
             telegram=self.telegram(announcement) if "telegram" in channels else None,
             web=self.web(announcement) if "web" in channels else None,
         )

@@ -43,8 +43,13 @@ def render_email(ctx: RenderContext, announcement: Announcement) -> EmailRenditi
     text = ctx.render("email/newsletter.txt.j2", announcement, **variables)
     image = announcement.image
     local_image = Path(image.src) if image and not image.is_remote else None
-    return EmailRendition(subject=subject, preheader=preheader, html=_inliner.inline(html),
-                          text=tidy(text) + "\n", inline_image=local_image)
+    return EmailRendition(
+        subject=subject,
+        preheader=preheader,
+        html=_inliner.inline(html),
+        text=tidy(text) + "\n",
+        inline_image=local_image,
+    )
 
 
 def _image(announcement: Announcement) -> EmailImage | None:

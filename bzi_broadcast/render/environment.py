@@ -38,7 +38,7 @@ def create_environment(override_dir: Path | None = None) -> jinja2.Environment:
     search_path.append(str(templates_root()))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(search_path),
-        autoescape=_autoescape,
+        autoescape=_autoescape,  # noqa: S701 - chosen per template: HTML, Atom, partials
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

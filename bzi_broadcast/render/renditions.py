@@ -22,8 +22,12 @@ class EmailRendition:
     inline_image: Path | None = None  # a local image the HTML references as cid:
 
     def to_json(self) -> dict[str, Any]:
-        return {"subject": self.subject, "preheader": self.preheader, "html": self.html,
-                "text": self.text}
+        return {
+            "subject": self.subject,
+            "preheader": self.preheader,
+            "html": self.html,
+            "text": self.text,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,8 +41,12 @@ class MastodonPost:
     media_description: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "spoiler_text": self.spoiler_text, "language": self.language,
-                "visibility": str(self.visibility)}
+        return {
+            "text": self.text,
+            "spoiler_text": self.spoiler_text,
+            "language": self.language,
+            "visibility": str(self.visibility),
+        }
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ TELEGRAM_CAPTION_LIMIT = 1024
 
 
 def render_mastodon(
-    ctx: RenderContext, announcement: Announcement, limits: ThreadLimits = ThreadLimits()
+    ctx: RenderContext, announcement: Announcement, limits: ThreadLimits
 ) -> MastodonRendition:
     options = announcement.channels.mastodon
     spoiler = options.content_warning or ""
@@ -39,8 +39,9 @@ def render_mastodon(
         )
         for index, part in enumerate(parts)
     )
-    return MastodonRendition(posts=posts, max_characters=limits.max_characters,
-                             url_length=limits.url_length)
+    return MastodonRendition(
+        posts=posts, max_characters=limits.max_characters, url_length=limits.url_length
+    )
 
 
 def render_telegram(ctx: RenderContext, announcement: Announcement) -> TelegramRendition:
@@ -53,14 +54,19 @@ def render_telegram(ctx: RenderContext, announcement: Announcement) -> TelegramR
     caption, rest = telegram_html.split_caption(
         html, caption_limit=TELEGRAM_CAPTION_LIMIT, limit=TELEGRAM_MESSAGE_LIMIT
     )
-    first = TelegramMessage(text=caption, length=telegram_html.visible_length(caption),
-                            photo=image.src, link_preview=preview)
+    first = TelegramMessage(
+        text=caption,
+        length=telegram_html.visible_length(caption),
+        photo=image.src,
+        link_preview=preview,
+    )
     return TelegramRendition(messages=(first, *(_message(t, preview) for t in rest)))
 
 
 def _message(text: str, preview: LinkPreview) -> TelegramMessage:
-    return TelegramMessage(text=text, length=telegram_html.visible_length(text),
-                           link_preview=preview)
+    return TelegramMessage(
+        text=text, length=telegram_html.visible_length(text), link_preview=preview
+    )
 
 
 def _link_preview(announcement: Announcement) -> LinkPreview:

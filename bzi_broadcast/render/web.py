@@ -32,7 +32,7 @@ def render_web(
     entry = ctx.render(
         "web/entry.atom.j2",
         announcement,
-        fragment=Markup(fragment),
+        fragment=Markup(fragment),  # noqa: S704 - our own rendered, escaped fragment
         entry_id=entry_id or _tag_uri(ctx.organisation.feed_domain, announcement, moment),
         updated=moment,
     )
