@@ -1,23 +1,28 @@
-"""Settings: what an organisation configures (TOML file, later also ``BZI_*`` variables).
+"""Settings: a TOML file, overridden by ``BZI_<SECTION>_<KEY>`` environment variables.
 
-Only the parts the renderers need live here for now; the service settings join them later.
+Every secret may also come from a file named by ``BZI_<SECTION>_<KEY>_FILE`` (Docker secrets).
+Every problem is reported at once, naming the setting; secrets never appear in reprs or logs.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from bzi_broadcast.errors import ConfigError
+from bzi_broadcast.i18n import gettext as _
 
 
-class _Settings(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Organisation(_Settings):
+class Organisation(_Section):
     """Who publishes: shown in every email footer, the web archive and the Atom feed."""
 
     name: str = "Bundeszuwanderungs- und Integrationsrat (BZI)"
@@ -33,24 +38,120 @@ class Organisation(_Settings):
     feed_domain: str = "bzi.example.org"
 
 
-class RenderSettings(_Settings):
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///data/bzi-broadcast.sqlite3"
+
+
+class SmtpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    pool_size: int = Field(default=8, ge=1, le=100)
+    rate_per_second: float = Field(default=50.0, gt=0)
+    burst: int = Field(default=50, ge=1)
+    daily_cap: int | None = Field(default=None, ge=1)
+    verify_tls: bool = True
+
+
+class EmailSettings(_Section):
+    from_address: str = "newsletter@bzi.example.org"
+    from_name: str = "BZI-Newsletter"
+    reply_to: str | None = None
+    list_id: str = "newsletter.bzi.example.org"
+    unsubscribe_mailto: str | None = None
+    public_url: str = "http://127.0.0.1:8080"
+
+
+class DeliverySettings(_Section):
+    window: int = Field(default=200, ge=1, le=10000, description="rows in flight per worker")
+    flush_interval: float = Field(default=0.2, gt=0)
+    flush_size: int = Field(default=100, ge=1)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+    sweep_interval: float = Field(default=30.0, gt=0)
+    pause_error_rate: float = Field(default=0.5, gt=0, le=1)
+    pause_min_samples: int = Field(default=50, ge=1)
+    max_attempts: int = Field(default=12, ge=1)
+    retry_base_delay: float = Field(default=30.0, gt=0)
+
+
+class SecuritySettings(_Section):
+    secret_key: SecretStr = SecretStr("demo-secret-change-me-demo-secret-change-me")
+
+
+class Settings(_Section):
+    templates_dir: Path | None = None
     organisation: Organisation = Organisation()
-    templates_dir: Path | None = Field(
-        default=None, description="Directory whose templates shadow the packaged ones"
-    )
+    database: DatabaseSettings = DatabaseSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    email: EmailSettings = EmailSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    security: SecuritySettings = SecuritySettings()
 
 
-def load_settings(path: Path | None) -> RenderSettings:
-    """Read ``path`` (TOML); the defaults when ``path`` is None."""
-    if path is None:
-        return RenderSettings()
+RenderSettings = Settings  # the renderers read templates_dir and organisation only
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (TOML, optional) and the environment; raise ``ConfigError`` naming each problem."""
+    data = _read_toml(path) if path else {}
+    problems: list[str] = []
+    _apply_environment(data, os.environ if environ is None else environ, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return RenderSettings.model_validate(data)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError("\n".join(_describe(error) for error in exc.errors())) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(_("{path}: {reason}").format(path=path, reason=exc.strerror)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_("{path}: kein gültiges TOML: {reason}").format(
+            path=path, reason=exc)) from None
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
+    sections = {name for name, f in Settings.model_fields.items()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+    for variable, value in environ.items():
+        if not variable.startswith("BZI_") or variable in ("BZI_LANG", "BZI_LOG_LEVEL"):
+            continue
+        name = variable[4:].lower()
+        if name.endswith("_file"):
+            name, value = name[:-5], _read_secret(variable, value, problems)
+        section, _sep, key = name.partition("_")
+        if section in sections and key:
+            data.setdefault(section, {})[key] = value
+        elif name in Settings.model_fields:
+            data[name] = value
+
+
+def _read_secret(variable: str, path: str, problems: list[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append(_("{variable}: Datei {path} nicht lesbar ({reason})").format(
+            variable=variable, path=path, reason=exc.strerror))
+        return ""
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return _("{where}: unbekannte Einstellung").format(where=where)
+    return _("{where}: {problem} (Wert: {value})").format(
+        where=where, problem=error["msg"], value=_safe_value(where, error.get("input")))
+
+
+def _safe_value(where: str, value: Any) -> str:
+    if any(word in where for word in ("password", "secret", "token", "key")):
+        return "***"
+    return repr(value)

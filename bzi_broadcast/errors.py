@@ -68,3 +68,40 @@ _DEFAULT_MESSAGES = (
     N_("Die Ankündigung ist ungültig."),
     N_("Eine Vorlage ist fehlerhaft."),
 )
+
+
+class DeliveryError(BroadcastError):
+    """Die Zustellung ist fehlgeschlagen."""
+
+
+class TransientError(DeliveryError):
+    """Vorübergehender Fehler; später erneut versuchen."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnknownOutcomeError(TransientError):
+    """Ob die Nachricht angenommen wurde, ist unklar; sie wird erneut gesendet."""
+
+
+class PermanentError(DeliveryError):
+    """Dauerhafter Fehler; ein erneuter Versuch hilft nicht."""
+
+    def __init__(self, message: str | None = None, *, suppress_recipient: bool = False) -> None:
+        super().__init__(message)
+        self.suppress_recipient = suppress_recipient
+
+
+class ChannelAuthError(DeliveryError):
+    """Der Kanal ist nicht (mehr) angemeldet und muss neu verbunden werden."""
+
+
+_DELIVERY_MESSAGES = (
+    N_("Die Zustellung ist fehlgeschlagen."),
+    N_("Vorübergehender Fehler; später erneut versuchen."),
+    N_("Ob die Nachricht angenommen wurde, ist unklar; sie wird erneut gesendet."),
+    N_("Dauerhafter Fehler; ein erneuter Versuch hilft nicht."),
+    N_("Der Kanal ist nicht (mehr) angemeldet und muss neu verbunden werden."),
+)

@@ -156,6 +156,8 @@ def _data_location(loc: Iterable[str | int], data: Any) -> Location:
     location: list[str | int] = []
     node = data
     for part in loc:
+        if _is_union_tag(node, part, location):
+            continue
         if _contains(node, part):
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and _is_field_name(node, part):
@@ -164,6 +166,13 @@ def _data_location(loc: Iterable[str | int], data: Any) -> Location:
             continue
         location.append(part)
     return tuple(location)
+
+
+def _is_union_tag(node: Any, part: str | int, location: list[str | int]) -> bool:
+    """A block's type, which pydantic puts in the location right after the block's index."""
+    return bool(location) and isinstance(location[-1], int) and isinstance(node, dict) and (
+        node.get("type") == part
+    )
 
 
 def _contains(node: Any, part: str | int) -> bool:

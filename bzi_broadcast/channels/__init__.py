@@ -1,0 +1,1 @@
+"""Channel adapters: each turns one rendered message into one remote call and returns a receipt."""

@@ -1,0 +1,96 @@
+"""The email newsletter channel: MIME built once per announcement, filled per recipient, sent
+through the SMTP pool under the server's rate limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from bzi_broadcast.channels.base import Receipt
+from bzi_broadcast.channels.email_mime import DkimKey, MessageTemplate, Sender, sign_dkim
+from bzi_broadcast.channels.smtp import SmtpPool, SmtpServer
+from bzi_broadcast.delivery.outbox import Claimed
+from bzi_broadcast.delivery.ratelimit import TokenBucket
+from bzi_broadcast.render import Renderer
+from bzi_broadcast.store.announcements import AnnouncementRecord
+from bzi_broadcast.tokens import TokenSigner
+
+UNSUBSCRIBE_TTL = timedelta(days=400)  # links in old newsletters keep working for a year and more
+PREFERENCES_TTL = timedelta(days=400)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailSettings:
+    sender: Sender
+    public_url: str  # where the unsubscribe and preferences pages live
+    list_id: str
+    unsubscribe_mailto: str | None = None
+    dkim: DkimKey | None = None
+    image_root: Path | None = None  # local announcement images are read from here
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(
+        self,
+        server: SmtpServer,
+        settings: EmailSettings,
+        renderer: Renderer,
+        signer: TokenSigner,
+        bucket: TokenBucket,
+    ) -> None:
+        self.concurrency = server.pool_size
+        self._pool = SmtpPool(server)
+        self._settings = settings
+        self._renderer = renderer
+        self._signer = signer
+        self.bucket = bucket
+        domain = settings.sender.address.rpartition("@")[2] or "localhost"
+        self._message_id_domain = domain
+
+    def prepare(self, record: AnnouncementRecord) -> MessageTemplate:
+        rendition = self._renderer.email(record.announcement())
+        image = self._inline_image(rendition.inline_image)
+        return MessageTemplate.build(
+            rendition,
+            sender=self._settings.sender,
+            list_id=self._settings.list_id,
+            message_id_domain=self._message_id_domain,
+            unsubscribe_mailto=self._settings.unsubscribe_mailto,
+            inline_image=image,
+            inline_image_type=_image_type(rendition.inline_image) if image else None,
+        )
+
+    async def send(self, prepared: MessageTemplate, delivery: Claimed) -> Receipt:
+        subject = str(delivery.subscriber_id or delivery.recipient)
+        message = prepared.fill(
+            to=delivery.recipient,
+            unsubscribe_url=self._link("unsubscribe", subject, UNSUBSCRIBE_TTL),
+            preferences_url=self._link("preferences", subject, PREFERENCES_TTL),
+        )
+        if self._settings.dkim:
+            message = sign_dkim(message, self._settings.dkim)
+        await self.bucket.acquire()
+        reply = await self._pool.send(self._settings.sender.address, delivery.recipient, message)
+        return Receipt(remote_id=reply[:200] or None)
+
+    def _link(self, purpose: str, subject: str, ttl: timedelta) -> str:
+        token = self._signer.sign(purpose=purpose, subject=subject, ttl=ttl)
+        path = "abmelden" if purpose == "unsubscribe" else "einstellungen"
+        return f"{self._settings.public_url.rstrip('/')}/{path}/{token}"
+
+    def _inline_image(self, path: Path | None) -> bytes | None:
+        if path is None:
+            return None
+        root = self._settings.image_root or Path.cwd()
+        return (root / path).read_bytes()
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+def _image_type(path: Path | None) -> str:
+    suffix = path.suffix.lower() if path else ""
+    return {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp"}.get(suffix, "image/jpeg")

@@ -1,0 +1,212 @@
+"""The operational sub-commands: migrate, queue, status, cancel, retry-failed, resume, serve,
+subscribers import. Each opens the configured database, does one thing, and prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.config import Settings, load_settings
+from bzi_broadcast.content import load_announcement
+from bzi_broadcast.content.model import localize
+from bzi_broadcast.delivery import control
+from bzi_broadcast.delivery.outbox import Counts, Outbox
+from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.store.announcements import Announcements
+from bzi_broadcast.store.engine import create_engine, migrate
+from bzi_broadcast.subscribers.store import ImportReport, import_lines, parse_csv
+
+T = TypeVar("T")
+ACTOR = "cli"
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if getattr(args, "database", None):
+        settings = settings.model_copy(update={
+            "database": settings.database.model_copy(update={"url": args.database})})
+    return settings
+
+
+def with_engine(args: argparse.Namespace, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(settings_of(args).database.url)
+        try:
+            await migrate(engine)
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    with_engine(args, lambda engine: asyncio.sleep(0))
+    print(_("Datenbank ist auf dem neuesten Stand."))
+    return 0
+
+
+def run_queue(args: argparse.Namespace) -> int:
+    announcement = load_announcement(args.file)
+    at = _parse_time(args.at) if args.at else None
+    if args.now:
+        at = datetime.now().astimezone()
+
+    async def work(engine: AsyncEngine) -> int:
+        return await control.queue(Announcements(engine), announcement, at=at, actor=ACTOR,
+                                   allow_past=args.now)
+
+    print(with_engine(args, work))
+    return 0
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        return localize(datetime.fromisoformat(value))
+    except ValueError:
+        raise BroadcastError(_("--at: „{value}“ ist kein Zeitpunkt (ISO 8601, z. B. "
+                               "2025-11-10T10:00)").format(value=value)) from None
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    stopped = with_engine(args, lambda e: control.cancel(e, args.id, actor=ACTOR))
+    print(_("Ankündigung {id} abgebrochen; {n} Zustellungen gestoppt.").format(id=args.id, n=stopped))
+    return 0
+
+
+def run_retry_failed(args: argparse.Namespace) -> int:
+    count = with_engine(args, lambda e: control.retry_failed(e, args.id, actor=ACTOR))
+    print(_("{n} fehlgeschlagene Zustellungen erneut eingereiht.").format(n=count))
+    return 0
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    with_engine(args, lambda e: control.set_paused(e, args.channel, False, None))
+    print(_("Kanal {channel} läuft wieder.").format(channel=args.channel))
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BroadcastError(_("{path} kann nicht gelesen werden: {reason}").format(
+            path=args.file, reason=exc)) from None
+    report = ImportReport()
+    lines = list(parse_csv(text, report))
+    settings = settings_of(args)
+    key = settings.security.secret_key.get_secret_value().encode()
+    with_engine(args, lambda e: import_lines(e, lines, report, key))
+    for line, problem in sorted(report.problems):
+        print(_("Zeile {line}: {problem}").format(line=line, problem=problem), file=sys.stderr)
+    print(_("{n} Abonnent*innen importiert, {m} Zeilen übersprungen.").format(
+        n=report.imported, m=len(report.problems)))
+    return 1 if report.problems else 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    async def work(engine: AsyncEngine) -> list[dict[str, Any]]:
+        return await _status(engine, args.id)
+
+    if args.watch and sys.stdout.isatty() and args.id is not None and not args.json:
+        return _watch(args)
+    rows = with_engine(args, work)
+    if args.json:
+        json.dump(rows if args.id is None else rows[0], sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for row in rows:
+            _print_status(row)
+    return 0
+
+
+async def _status(engine: AsyncEngine, announcement_id: int | None) -> list[dict[str, Any]]:
+    store = Announcements(engine)
+    outbox = Outbox(engine, worker_id="status", lease=timedelta(0))
+    records = [await store.get(announcement_id)] if announcement_id else await store.list()
+    paused = await control.paused_channels(engine)
+    result = []
+    for record in records:
+        counts = await outbox.counts(record.id)
+        result.append({
+            "id": record.id, "title": record.title, "status": str(record.status),
+            "publish_at": record.publish_at.isoformat() if record.publish_at else None,
+            "channels": {name: {**_counts(c), "paused": name in paused,
+                                "pause_reason": paused.get(name)} for name, c in counts.items()},
+        })
+    return result
+
+
+def _counts(counts: Counts) -> dict[str, int]:
+    return {"queued": counts.queued, "sending": counts.sending, "sent": counts.sent,
+            "failed": counts.failed, "cancelled": counts.cancelled, "total": counts.total}
+
+
+def _print_status(row: dict[str, Any]) -> None:
+    print(f"#{row['id']} {row['title']} — {row['status']}"
+          + (f" ({row['publish_at']})" if row["publish_at"] else ""))
+    for name, c in row["channels"].items():
+        paused = " " + _("[pausiert: {reason}]").format(reason=c["pause_reason"]) if c["paused"] else ""
+        print("  " + _("{channel}: {queued} wartend, {sending} in Arbeit, {sent} gesendet, "
+                       "{failed} fehlgeschlagen").format(channel=name, **c) + paused)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """A live progress bar with rate and ETA until the announcement finishes (Ctrl-C ends)."""
+
+    async def loop(engine: AsyncEngine) -> None:
+        start, first_sent = time.monotonic(), None
+        while True:
+            row = (await _status(engine, args.id))[0]
+            totals = [c for c in row["channels"].values()]
+            total = sum(c["total"] for c in totals)
+            done = sum(c["sent"] + c["failed"] + c["cancelled"] for c in totals)
+            first_sent = done if first_sent is None else first_sent
+            rate = (done - first_sent) / max(0.001, time.monotonic() - start)
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            sys.stdout.write("\r" + _bar(done, total) + _(" {rate:.0f}/s, noch {eta}").format(
+                rate=rate, eta=_duration(eta)) + "   ")
+            sys.stdout.flush()
+            if row["status"] not in ("scheduled", "sending"):
+                sys.stdout.write("\n")
+                _print_status(row)
+                return
+            await asyncio.sleep(1)
+
+    with_engine(args, loop)
+    return 0
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    share = done / total if total else 0.0
+    filled = int(share * width)
+    return f"[{'█' * filled}{'·' * (width - filled)}] {done}/{total} ({share:.0%})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "–"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d} min"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from bzi_broadcast.service import Service
+
+    async def main() -> None:
+        service = Service(settings_of(args))
+        service.install_signal_handlers()
+        await service.run()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,1 @@
+"""Delivery: lifecycle, release (fan-out), outbox, workers, retry policy, rate limits, scheduler."""

@@ -1,0 +1,247 @@
+"""The outbox: delivery rows claimed under a lease, and every outcome written back in batches.
+
+PostgreSQL workers claim with ``FOR UPDATE SKIP LOCKED``, so replicas never take the same row;
+SQLite runs one claiming worker per file (its writes are serialised anyway). A row claimed but
+not marked when its lease runs out goes back to the queue: a crash re-sends at most the rows that
+were in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
+from bzi_broadcast.store.announcements import transition, utcnow
+from bzi_broadcast.store.schema import announcements, deliveries
+
+D = DeliveryStatus
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claimed:
+    id: int
+    announcement_id: int
+    channel: str
+    recipient: str
+    subscriber_id: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outcome:
+    """What happened to one claimed row; written back by ``Outbox.record``."""
+
+    id: int
+    status: DeliveryStatus  # SENT, QUEUED (retry later) or FAILED
+    attempts: int
+    at: datetime
+    remote_id: str | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Counts:
+    queued: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.sending + self.sent + self.failed + self.cancelled
+
+
+class Outbox:
+    def __init__(self, engine: AsyncEngine, *, worker_id: str, lease: timedelta) -> None:
+        self._engine = engine
+        self._worker_id = worker_id
+        self._lease = lease
+        self._skip_locked = engine.dialect.name == "postgresql"
+
+    async def claim(self, channel: str, limit: int, now: datetime | None = None) -> list[Claimed]:
+        """Take up to ``limit`` due rows of ``channel`` whose announcement is sending."""
+        now = now or utcnow()
+        candidates = (
+            select(deliveries.c.id)
+            .join(announcements, announcements.c.id == deliveries.c.announcement_id)
+            .where(
+                deliveries.c.channel == channel,
+                deliveries.c.status == str(D.QUEUED),
+                deliveries.c.next_attempt_at <= now,
+                announcements.c.status == str(AnnouncementStatus.SENDING),
+            )
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+        )
+        if self._skip_locked:
+            candidates = candidates.with_for_update(skip_locked=True, of=deliveries)
+        claim = (
+            update(deliveries)
+            .where(deliveries.c.id.in_(candidates.scalar_subquery()))
+            .values(status=str(D.SENDING), lease_until=now + self._lease, worker=self._worker_id)
+            .returning(
+                deliveries.c.id, deliveries.c.announcement_id, deliveries.c.channel,
+                deliveries.c.recipient, deliveries.c.subscriber_id, deliveries.c.attempts,
+            )
+        )
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(claim)).all()
+        return sorted((Claimed(**row._mapping) for row in rows), key=lambda c: c.id)
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Write a batch of outcomes in one transaction (executemany per kind)."""
+        if not outcomes:
+            return
+        async with self._engine.begin() as conn:
+            await _write_outcomes(conn, outcomes)
+
+    async def requeue_expired_leases(self, now: datetime | None = None) -> int:
+        """Rows whose worker died mid-send go back to the queue (and will be sent again)."""
+        now = now or utcnow()
+        query = (
+            update(deliveries)
+            .where(deliveries.c.status == str(D.SENDING), deliveries.c.lease_until < now)
+            .values(status=str(D.QUEUED), lease_until=None, worker=None)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount
+
+    async def release_mine(self) -> int:
+        """On shutdown: hand this worker's unsent claims back at once instead of at lease end."""
+        query = (
+            update(deliveries)
+            .where(deliveries.c.status == str(D.SENDING), deliveries.c.worker == self._worker_id)
+            .values(status=str(D.QUEUED), lease_until=None, worker=None)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount
+
+    async def finish_announcements(self) -> list[tuple[int, AnnouncementStatus]]:
+        """Close every sending announcement that has nothing left to send."""
+        open_rows = select(deliveries.c.id).where(
+            deliveries.c.announcement_id == announcements.c.id,
+            deliveries.c.status.in_([str(D.QUEUED), str(D.SENDING)]),
+        )
+        done = select(announcements.c.id).where(
+            announcements.c.status == str(AnnouncementStatus.SENDING), ~open_rows.exists()
+        )
+        finished: list[tuple[int, AnnouncementStatus]] = []
+        async with self._engine.begin() as conn:
+            for announcement_id in (await conn.execute(done)).scalars():
+                target = await _final_status(conn, announcement_id)
+                if await transition(conn, announcement_id, target, actor="worker",
+                                    finished_at=utcnow()):
+                    finished.append((announcement_id, target))
+        return finished
+
+    async def counts(self, announcement_id: int) -> dict[str, Counts]:
+        query = (
+            select(deliveries.c.channel, deliveries.c.status, func.count())
+            .where(deliveries.c.announcement_id == announcement_id)
+            .group_by(deliveries.c.channel, deliveries.c.status)
+        )
+        per_channel: dict[str, dict[str, int]] = {}
+        async with self._engine.connect() as conn:
+            for channel, status, count in await conn.execute(query):
+                per_channel.setdefault(channel, {})[status] = count
+        return {channel: Counts(**values) for channel, values in per_channel.items()}
+
+
+async def _final_status(conn: AsyncConnection, announcement_id: int) -> AnnouncementStatus:
+    failed = (
+        await conn.execute(
+            select(func.count()).where(
+                deliveries.c.announcement_id == announcement_id,
+                deliveries.c.status == str(D.FAILED),
+            )
+        )
+    ).scalar_one()
+    return AnnouncementStatus.PARTIALLY_FAILED if failed else AnnouncementStatus.SENT
+
+
+_SENT = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"))
+    .values(
+        status=str(D.SENT),
+        attempts=bindparam("b_attempts"),
+        sent_at=bindparam("b_at"),
+        remote_id=bindparam("b_remote_id"),
+        lease_until=None,
+        last_error=None,
+    )
+)
+_RETRY = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"), deliveries.c.status == str(D.SENDING))
+    .values(
+        status=str(D.QUEUED),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next"),
+        last_error=bindparam("b_error"),
+        lease_until=None,
+        worker=None,
+    )
+)
+_FAILED = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"))
+    .values(
+        status=str(D.FAILED),
+        attempts=bindparam("b_attempts"),
+        last_error=bindparam("b_error"),
+        lease_until=None,
+    )
+)
+
+
+async def _write_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> None:
+    sent = [
+        {"b_id": o.id, "b_attempts": o.attempts, "b_at": o.at, "b_remote_id": o.remote_id}
+        for o in outcomes if o.status == D.SENT
+    ]
+    retry = [
+        {"b_id": o.id, "b_attempts": o.attempts, "b_next": o.next_attempt_at, "b_error": o.error}
+        for o in outcomes if o.status == D.QUEUED
+    ]
+    failed = [
+        {"b_id": o.id, "b_attempts": o.attempts, "b_error": o.error}
+        for o in outcomes if o.status == D.FAILED
+    ]
+    for statement, params in ((_SENT, sent), (_RETRY, retry), (_FAILED, failed)):
+        if params:
+            await conn.execute(statement, params)
+
+
+async def cancel_undelivered(conn: AsyncConnection, announcement_id: int) -> int:
+    """Stop every row not yet accepted by a server.
+
+    In-flight rows are marked too: if their server accepts them after all, the sent mark (which
+    has no status condition) records the truth; a retry mark (which has) leaves them cancelled.
+    """
+    query = (
+        update(deliveries)
+        .where(
+            deliveries.c.announcement_id == announcement_id,
+            deliveries.c.status.in_([str(D.QUEUED), str(D.SENDING)]),
+        )
+        .values(status=str(D.CANCELLED))
+    )
+    return (await conn.execute(query)).rowcount
+
+
+async def requeue_failed(conn: AsyncConnection, announcement_id: int, now: datetime) -> int:
+    query = (
+        update(deliveries)
+        .where(and_(deliveries.c.announcement_id == announcement_id,
+                    deliveries.c.status == str(D.FAILED)))
+        .values(status=str(D.QUEUED), next_attempt_at=now, attempts=0, last_error=None)
+    )
+    return (await conn.execute(query)).rowcount

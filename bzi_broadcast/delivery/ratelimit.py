@@ -1,0 +1,116 @@
+"""Rate limits enforced at the moment of sending: a token bucket, plus an optional daily cap.
+
+The bucket's state is written to the database with each outcome batch and read back at start, so
+a restart neither forgets what was sent today nor starts with a full burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.errors import TransientError
+from bzi_broadcast.store.schema import rate_limits
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    per_second: float
+    burst: int
+    daily_cap: int | None = None
+
+
+class DailyCapReached(TransientError):  # noqa: N818 - reads as the situation it is
+    """Das Tageslimit des Servers ist erreicht; es geht morgen weiter."""
+
+
+class TokenBucket:
+    def __init__(
+        self, key: str, limit: RateLimit, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.key = key
+        self.limit = limit
+        self._clock = clock
+        self._tokens = float(limit.burst)
+        self._updated = clock()
+        self._day = _today()
+        self.day_count = 0
+        self.waited = 0.0  # seconds spent waiting, for metrics
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait for a token; raise ``DailyCapReached`` when today's cap is used up."""
+        async with self._lock:
+            self._roll_day()
+            cap = self.limit.daily_cap
+            if cap is not None and self.day_count >= cap:
+                raise DailyCapReached(retry_after=_seconds_to_midnight())
+            self._refill()
+            if self._tokens < 1:
+                delay = (1 - self._tokens) / self.limit.per_second
+                self.waited += delay
+                await asyncio.sleep(delay)
+                self._refill()
+            self._tokens -= 1
+            self.day_count += 1
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(
+            float(self.limit.burst), self._tokens + (now - self._updated) * self.limit.per_second
+        )
+        self._updated = now
+
+    def _roll_day(self) -> None:
+        today = _today()
+        if today != self._day:
+            self._day, self.day_count = today, 0
+
+    def snapshot(self) -> dict[str, object]:
+        self._refill()
+        return {"key": self.key, "tokens": self._tokens, "day": self._day,
+                "day_count": self.day_count, "updated_at": datetime.now(UTC)}
+
+    def restore(self, tokens: float, day: str, day_count: int, updated_at: datetime) -> None:
+        elapsed = max(0.0, (datetime.now(UTC) - updated_at).total_seconds())
+        self._tokens = min(float(self.limit.burst), tokens + elapsed * self.limit.per_second)
+        self._updated = self._clock()
+        if day == _today():
+            self._day, self.day_count = day, day_count
+
+
+async def load_bucket(engine: AsyncEngine, bucket: TokenBucket) -> None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(rate_limits).where(rate_limits.c.key == bucket.key))).one_or_none()
+    if row is not None:
+        bucket.restore(row.tokens, row.day, row.day_count, row.updated_at)
+
+
+def _today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+def _seconds_to_midnight() -> float:
+    now = datetime.now(UTC)
+    return 86400 - (now.hour * 3600 + now.minute * 60 + now.second)
+
+
+async def save_bucket(engine: AsyncEngine, bucket: TokenBucket) -> None:
+    values = bucket.snapshot()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(rate_limits).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[rate_limits.c.key],
+        set_={k: statement.excluded[k] for k in ("tokens", "day", "day_count", "updated_at")},
+    )
+    async with engine.begin() as conn:
+        await conn.execute(statement)

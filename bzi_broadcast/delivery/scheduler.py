@@ -1,0 +1,89 @@
+"""The scheduler releases announcements; it never sends.
+
+APScheduler 3.11's ``AsyncIOScheduler`` fires one date job per scheduled announcement at its
+``publish_at`` (stored in UTC, so DST changes in Europe/Berlin cannot shift or repeat it), and a
+periodic sweep releases whatever is due but was missed (restart, misfire, another replica's job).
+Release itself is idempotent, so a double firing is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
+from bzi_broadcast.store.announcements import Announcements, utcnow
+
+log = logging.getLogger(__name__)
+
+Release = Callable[[int], Awaitable[object]]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        announcements: Announcements,
+        release: Release,
+        *,
+        sweep_interval: float = 30.0,
+        on_sweep: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self._announcements = announcements
+        self._release = release
+        self._on_sweep = on_sweep
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._scheduler.add_job(
+            self.sweep, IntervalTrigger(seconds=sweep_interval), id="sweep",
+            max_instances=1, coalesce=True, next_run_time=utcnow(),
+        )
+
+    async def start(self) -> None:
+        self._scheduler.start()
+        for record in await self._announcements.list([AnnouncementStatus.SCHEDULED]):
+            if record.publish_at:
+                self.schedule(record.id, record.publish_at)
+
+    def schedule(self, announcement_id: int, publish_at: datetime) -> None:
+        """(Re)plan the release of one announcement; a time in the past fires at once."""
+        self._scheduler.add_job(
+            self._fire, DateTrigger(run_date=max(publish_at, utcnow())), args=[announcement_id],
+            id=f"release-{announcement_id}", replace_existing=True,
+            misfire_grace_time=None, coalesce=True,
+        )
+
+    def unschedule(self, announcement_id: int) -> None:
+        job = self._scheduler.get_job(f"release-{announcement_id}")
+        if job is not None:
+            job.remove()
+
+    async def _fire(self, announcement_id: int) -> None:
+        try:
+            await self._release(announcement_id)
+        except Exception:
+            log.exception("release failed announcement_id=%s", announcement_id)
+
+    async def sweep(self) -> None:
+        """Release everything due, and let the caller expire what ran out."""
+        try:
+            for announcement_id in await self._announcements.due(utcnow() + timedelta(seconds=1)):
+                await self._fire(announcement_id)
+            if self._on_sweep:
+                await self._on_sweep()
+        except Exception:
+            log.exception("sweep failed")
+
+    def lag(self) -> float:
+        """Seconds the next sweep is overdue (0 when on time): a health figure."""
+        job = self._scheduler.get_job("sweep")
+        if job is None or job.next_run_time is None:
+            return 0.0
+        return max(0.0, (utcnow() - job.next_run_time).total_seconds())
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)

@@ -1,0 +1,221 @@
+"""The worker: claim → send → record, for one channel.
+
+It claims at most ``window`` rows at a time (the in-flight window: the most a crash can re-send),
+sends them with at most ``channel.concurrency`` in flight, and writes outcomes back in small
+batches (every ``flush_interval`` seconds or ``flush_size`` outcomes). Errors become data: a
+transient error writes the next attempt time on the row; nothing here sleeps to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bzi_broadcast.channels.base import Channel
+from bzi_broadcast.delivery.lifecycle import DeliveryStatus
+from bzi_broadcast.delivery.outbox import Claimed, Outbox, Outcome
+from bzi_broadcast.delivery.retry import RetryPolicy
+from bzi_broadcast.errors import (
+    ChannelAuthError,
+    DeliveryError,
+    PermanentError,
+    TransientError,
+)
+from bzi_broadcast.store.announcements import Announcements, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    window: int = 200  # rows claimed at once = the in-flight window
+    flush_interval: float = 0.2
+    flush_size: int = 100
+    poll_interval: float = 1.0
+    pause_error_rate: float = 0.5  # pause the channel when this share of recent sends failed
+    pause_min_samples: int = 50
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class ErrorRate:
+    """The share of failures among the last ``size`` sends."""
+
+    def __init__(self, size: int) -> None:
+        self._results: deque[bool] = deque(maxlen=size)
+
+    def add(self, failed: bool) -> None:
+        self._results.append(failed)
+
+    def exceeds(self, threshold: float, min_samples: int) -> bool:
+        n = len(self._results)
+        return n >= min_samples and sum(self._results) / n > threshold
+
+    def clear(self) -> None:
+        self._results.clear()
+
+
+PauseHook = Callable[[str, str], Any]  # (channel, reason) → awaitable
+
+
+class Worker:
+    def __init__(
+        self,
+        channel: Channel,
+        outbox: Outbox,
+        announcements: Announcements,
+        *,
+        settings: WorkerSettings = WorkerSettings(),
+        on_pause: PauseHook | None = None,
+        on_suppress: Callable[[Claimed, str], Any] | None = None,
+    ) -> None:
+        self.channel = channel
+        self._outbox = outbox
+        self._announcements = announcements
+        self._settings = settings
+        self._on_pause = on_pause
+        self._on_suppress = on_suppress
+        self._pending: list[Outcome] = []
+        self._prepared: dict[int, Any] = {}
+        self._errors = ErrorRate(max(settings.pause_min_samples * 2, 100))
+        self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self.paused = False
+        self.sent = 0
+
+    def stop(self) -> None:
+        """Stop claiming; the batch in hand is finished (or handed back) by ``run``."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._errors.clear()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        flusher = asyncio.create_task(self._flush_periodically())
+        try:
+            while not self._stopping.is_set():
+                batch = [] if self.paused else await self._outbox.claim(
+                    self.channel.name, self._settings.window
+                )
+                if batch:
+                    await self._send_batch(batch)
+                else:
+                    await self._idle()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self.flush()
+            await self._outbox.release_mine()
+
+    async def _idle(self) -> None:
+        await self.flush()
+        await self._outbox.finish_announcements()
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self._settings.poll_interval)
+
+    async def _send_batch(self, batch: list[Claimed]) -> None:
+        slots = asyncio.Semaphore(self.channel.concurrency)
+
+        async def one(item: Claimed) -> None:
+            async with slots:
+                if not self._stopping.is_set() and not self.paused:
+                    await self._deliver(item)
+
+        await asyncio.gather(*(one(item) for item in batch))
+
+    async def _deliver(self, item: Claimed) -> None:
+        attempts = item.attempts + 1
+        try:
+            prepared = await self._prepare(item.announcement_id)
+            receipt = await self.channel.send(prepared, item)
+        except DeliveryError as exc:
+            self._add(self._failure(item, attempts, exc))
+            await self._after_failure(item, exc)
+            return
+        self._errors.add(False)
+        self.sent += 1
+        self._add(Outcome(id=item.id, status=DeliveryStatus.SENT, attempts=attempts, at=utcnow(),
+                          remote_id=receipt.remote_id))
+
+    async def _prepare(self, announcement_id: int) -> Any:
+        if announcement_id not in self._prepared:
+            record = await self._announcements.get(announcement_id)
+            self._prepared[announcement_id] = self.channel.prepare(record)
+        return self._prepared[announcement_id]
+
+    def _failure(self, item: Claimed, attempts: int, exc: DeliveryError) -> Outcome:
+        now = utcnow()
+        error = f"{type(exc).__name__}: {exc.message}"[:1000]
+        log.info("delivery failed channel=%s delivery_id=%s announcement_id=%s attempt=%s "
+                 "error=%s", item.channel, item.id, item.announcement_id, attempts, error)
+        if isinstance(exc, TransientError | ChannelAuthError):
+            retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+            next_at = self._settings.retry.next_attempt(attempts, now, retry_after=retry_after)
+            if next_at is not None:
+                return _retry(item, attempts, now, next_at, error)
+        return Outcome(id=item.id, status=DeliveryStatus.FAILED, attempts=attempts, at=now,
+                       error=error)
+
+    async def _after_failure(self, item: Claimed, exc: DeliveryError) -> None:
+        self._errors.add(True)
+        if isinstance(exc, PermanentError) and exc.suppress_recipient and self._on_suppress:
+            await self._on_suppress(item, exc.message)
+        if isinstance(exc, ChannelAuthError):
+            await self._pause(exc.message)
+        elif self._errors.exceeds(self._settings.pause_error_rate, self._settings.pause_min_samples):
+            await self._pause("error rate above threshold")
+
+    async def _pause(self, reason: str) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        log.warning("channel paused channel=%s reason=%s", self.channel.name, reason)
+        if self._on_pause:
+            await self._on_pause(self.channel.name, reason)
+
+    def _add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        if len(self._pending) >= self._settings.flush_size:
+            self._wakeup_flush()
+
+    def _wakeup_flush(self) -> None:
+        self._flush_now.set()
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self._settings.flush_interval)
+            self._flush_now.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self._outbox.record(batch)
+        except Exception:
+            # Keep the outcomes and try again with the next flush; if the process dies first,
+            # the leases run out and the rows are sent again (at least once, never lost).
+            log.exception("recording outcomes failed channel=%s count=%s", self.channel.name,
+                          len(batch))
+            self._pending[:0] = batch
+
+
+def _retry(item: Claimed, attempts: int, now: datetime, next_at: datetime, error: str) -> Outcome:
+    return Outcome(id=item.id, status=DeliveryStatus.QUEUED, attempts=attempts, at=now,
+                   next_attempt_at=next_at, error=error)

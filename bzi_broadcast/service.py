@@ -1,0 +1,144 @@
+"""``bzi-broadcast serve``: scheduler and delivery workers in one process (the web joins later).
+
+Start: connect, migrate, restore rate-limit state, start the scheduler and one worker per channel.
+Stop (SIGTERM/SIGINT): stop claiming, finish the batch in hand or hand it back, write every
+outcome, close connections, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.channels.email import EmailChannel, EmailSettings
+from bzi_broadcast.channels.email_mime import Sender
+from bzi_broadcast.channels.smtp import SmtpServer
+from bzi_broadcast.config import Settings
+from bzi_broadcast.delivery import control
+from bzi_broadcast.delivery.outbox import Claimed, Outbox
+from bzi_broadcast.delivery.ratelimit import RateLimit, TokenBucket, load_bucket, save_bucket
+from bzi_broadcast.delivery.release import release
+from bzi_broadcast.delivery.retry import RetryPolicy
+from bzi_broadcast.delivery.scheduler import Scheduler
+from bzi_broadcast.delivery.worker import Worker, WorkerSettings
+from bzi_broadcast.render import Renderer
+from bzi_broadcast.store.announcements import Announcements
+from bzi_broadcast.store.engine import create_engine, migrate
+from bzi_broadcast.subscribers.store import suppress
+from bzi_broadcast.tokens import TokenSigner
+
+log = logging.getLogger(__name__)
+
+
+def worker_settings(settings: Settings) -> WorkerSettings:
+    d = settings.delivery
+    return WorkerSettings(
+        window=d.window, flush_interval=d.flush_interval, flush_size=d.flush_size,
+        poll_interval=d.poll_interval, pause_error_rate=d.pause_error_rate,
+        pause_min_samples=d.pause_min_samples,
+        retry=RetryPolicy(base_delay=d.retry_base_delay, max_attempts=d.max_attempts),
+    )
+
+
+def email_channel(settings: Settings, renderer: Renderer) -> EmailChannel:
+    s, e = settings.smtp, settings.email
+    server = SmtpServer(
+        host=s.host, port=s.port, security=s.security, username=s.username,
+        password=s.password.get_secret_value() if s.password else None, timeout=s.timeout,
+        pool_size=s.pool_size, verify_tls=s.verify_tls,
+    )
+    email = EmailSettings(
+        sender=Sender(address=e.from_address, name=e.from_name, reply_to=e.reply_to),
+        public_url=e.public_url, list_id=e.list_id, unsubscribe_mailto=e.unsubscribe_mailto,
+    )
+    bucket = TokenBucket(f"smtp:{s.host}:{s.port}",
+                         RateLimit(per_second=s.rate_per_second, burst=s.burst,
+                                   daily_cap=s.daily_cap))
+    return EmailChannel(server, email, renderer, signer(settings), bucket)
+
+
+def signer(settings: Settings) -> TokenSigner:
+    return TokenSigner(settings.security.secret_key.get_secret_value().encode())
+
+
+class Service:
+    def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or create_engine(settings.database.url)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.announcements = Announcements(self.engine)
+        lease = timedelta(seconds=settings.delivery.lease_seconds)
+        self.outbox = Outbox(self.engine, worker_id=self.worker_id, lease=lease)
+        self.renderer = Renderer(settings)
+        self.email = email_channel(settings, self.renderer)
+        self.workers = [
+            Worker(self.email, self.outbox, self.announcements,
+                   settings=worker_settings(settings), on_pause=self._on_pause,
+                   on_suppress=self._on_suppress)
+        ]
+        self.scheduler = Scheduler(self.announcements, self._release,
+                                   sweep_interval=settings.delivery.sweep_interval,
+                                   on_sweep=self._housekeeping)
+        self._stopped = asyncio.Event()
+
+    async def _release(self, announcement_id: int) -> None:
+        written = await release(self.engine, announcement_id)
+        if written is not None:
+            log.info("released announcement_id=%s deliveries=%s", announcement_id, written)
+            for worker in self.workers:
+                worker.wake()
+
+    async def _housekeeping(self) -> None:
+        await control.expire_due(self.engine)
+        await self.outbox.requeue_expired_leases()
+        paused = await control.paused_channels(self.engine)
+        for worker in self.workers:
+            if worker.paused and worker.channel.name not in paused:
+                worker.resume()
+            elif not worker.paused and worker.channel.name in paused:
+                worker.paused = True
+        await save_bucket(self.engine, self.email.bucket)
+
+    async def _on_pause(self, channel: str, reason: str) -> None:
+        await control.set_paused(self.engine, channel, True, reason)
+
+    async def _on_suppress(self, delivery: Claimed, reason: str) -> None:
+        key = self.settings.security.secret_key.get_secret_value().encode()
+        await suppress(self.engine, delivery.recipient, reason="hard_bounce", detail=reason,
+                       key=key)
+
+    async def run(self) -> None:
+        await migrate(self.engine)
+        await load_bucket(self.engine, self.email.bucket)
+        await self.outbox.requeue_expired_leases()
+        await self.scheduler.start()
+        tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
+        log.info("serving worker_id=%s database=%s", self.worker_id,
+                 self.engine.url.render_as_string(hide_password=True))
+        try:
+            await self._stopped.wait()
+        finally:
+            self.scheduler.shutdown()
+            for worker in self.workers:
+                worker.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await save_bucket(self.engine, self.email.bucket)
+            await self.email.aclose()
+            await self.engine.dispose()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)

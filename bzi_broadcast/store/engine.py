@@ -1,0 +1,117 @@
+"""Engines and migrations: SQLite by default (a file under ./data), PostgreSQL by URL.
+
+``sqlite:///path`` and ``postgresql://…`` URLs are accepted as users write them and mapped to the
+async drivers (aiosqlite, asyncpg). Driver and connection errors become ``StoreError`` here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import gettext as _
+
+DEFAULT_URL = "sqlite:///data/bzi-broadcast.sqlite3"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class StoreError(BroadcastError):
+    """Die Datenbank ist nicht erreichbar."""
+
+
+def async_url(url: str) -> str:
+    """Map a plain database URL to its async driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(_("ungültige Datenbank-URL „{url}“").format(url=_mask(url))) from None
+    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+               "postgres": "postgresql+asyncpg"}
+    backend = parsed.get_backend_name()
+    if backend not in drivers:
+        message = _("nicht unterstützte Datenbank „{name}“ (erwartet sqlite oder postgresql)")
+        raise StoreError(message.format(name=backend))
+    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
+
+
+def _mask(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "***"
+
+
+def create_engine(url: str = DEFAULT_URL, **options: Any) -> AsyncEngine:
+    target = async_url(url)
+    parsed = make_url(target)
+    if parsed.get_backend_name() == "sqlite":
+        _ensure_directory(parsed.database)
+        engine = create_async_engine(target, connect_args={"timeout": 30}, **options)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(target, pool_size=10, max_overflow=10, pool_pre_ping=True, **options)
+
+
+def _ensure_directory(database: str | None) -> None:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers (status, web) run beside the one writer; foreign keys are off by default."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Apply every pending migration; safe to run at each start and from several processes."""
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise StoreError(_("Datenbank nicht erreichbar: {reason}").format(
+            reason=_reason(exc))) from None
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Two replicas starting at once: the second waits here, then finds nothing to do.
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7301001)")
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def is_current(engine: AsyncEngine) -> bool:
+    """True when the database is at the newest migration (for readiness checks)."""
+    async with engine.connect() as connection:
+        current = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_heads()
+        )
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    return set(current) == set(heads)
+
+
+def _reason(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return str(original).splitlines()[0] if str(original) else type(original).__name__

@@ -1,0 +1,177 @@
+"""The declared schema. Alembic migrations must produce exactly this (a test compares them).
+
+Times are stored as UTC (naive on SQLite, ``timestamptz`` on PostgreSQL) and always read back as
+aware UTC datetimes, so no code ever compares a naive time with an aware one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every engine."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now_column(name: str) -> Column[datetime]:
+    return Column(name, UTCDateTime(), nullable=False)
+
+
+announcements = Table(
+    "announcements",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("title", String(200), nullable=False),
+    Column("language", String(2), nullable=False),
+    Column("content", JSON, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("publish_at", UTCDateTime()),
+    Column("expires_at", UTCDateTime()),
+    Column("released_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    _now_column("created_at"),
+    _now_column("updated_at"),
+    Index(None, "status", "publish_at"),
+)
+
+announcement_topics = Table(
+    "announcement_topics",
+    metadata,
+    Column("announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("topic", String(64), primary_key=True),
+)
+
+announcement_events = Table(
+    "announcement_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("from_status", String(20)),
+    Column("to_status", String(20), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("detail", Text),
+    _now_column("at"),
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200)),
+    Column("language", String(2), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("source", String(20), nullable=False),
+    _now_column("created_at"),
+    _now_column("updated_at"),
+    Index(None, "status"),
+)
+
+subscriber_topics = Table(
+    "subscriber_topics",
+    metadata,
+    Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("topic", String(64), primary_key=True),
+    Index(None, "topic"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email_hash", String(64), primary_key=True),
+    Column("reason", String(40), nullable=False),
+    Column("detail", Text),
+    _now_column("created_at"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="SET NULL")),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_until", UTCDateTime()),
+    Column("worker", String(100)),
+    Column("last_error", Text),
+    Column("remote_id", String(200)),
+    Column("sent_at", UTCDateTime()),
+    UniqueConstraint("announcement_id", "channel", "recipient"),
+    Index(None, "channel", "status", "next_attempt_at"),
+    Index(None, "announcement_id", "status"),
+)
+
+channel_state = Table(
+    "channel_state",
+    metadata,
+    Column("channel", String(20), primary_key=True),
+    Column("paused", Boolean, nullable=False),
+    Column("reason", Text),
+    _now_column("changed_at"),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("day_count", Integer, nullable=False),
+    _now_column("updated_at"),
+)

@@ -1,0 +1,1 @@
+"""Subscribers: the people who receive the newsletter and the bot's messages."""

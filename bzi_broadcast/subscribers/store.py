@@ -1,0 +1,169 @@
+"""Minimal subscribers for delivery: email, language, topics, status; CSV import; suppression.
+
+Addresses are stored lower-cased (one person, one row). The suppression list keeps only a keyed
+hash (HMAC-SHA256) of an address, so a later import cannot add a bounced or erased address again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.store.announcements import utcnow
+from bzi_broadcast.store.schema import subscriber_topics, subscribers, suppressions
+
+_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+_TOPIC = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+BATCH_SIZE = 1000
+
+
+class SubscriberStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+def normalize_email(value: str) -> str | None:
+    address = value.strip().lower()
+    return address if len(address) <= 254 and _ADDRESS.match(address) else None
+
+
+def suppression_hash(email: str, key: bytes) -> str:
+    return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportLine:
+    line: int
+    email: str
+    name: str | None
+    language: str
+    topics: tuple[str, ...]
+
+
+@dataclass(kw_only=True)
+class ImportReport:
+    imported: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+def parse_csv(text: str, report: ImportReport) -> Iterator[ImportLine]:
+    """Rows of ``email[,name][,language][,topics]`` with a header; problems go to ``report``."""
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in reader.fieldnames or []]
+    if "email" not in fields:
+        report.problems.append((1, _("Kopfzeile ohne Spalte „email“")))
+        return
+    reader.fieldnames = fields
+    seen: set[str] = set()
+    for row in reader:
+        line = reader.line_num
+        parsed = _parse_row(row, line, seen, report)
+        if parsed:
+            seen.add(parsed.email)
+            yield parsed
+
+
+def _parse_row(
+    row: dict[str, str | None], line: int, seen: set[str], report: ImportReport
+) -> ImportLine | None:
+    raw = (row.get("email") or "").strip()
+    email = normalize_email(raw)
+    language = (row.get("language") or "de").strip().lower() or "de"
+    topics = tuple(t for t in re.split(r"[;\s]+", (row.get("topics") or "").strip().lower()) if t)
+    problem = None
+    if email is None:
+        problem = _("ungültige E-Mail-Adresse „{value}“").format(value=raw)
+    elif email in seen:
+        problem = _("doppelte Adresse {email}").format(email=email)
+    elif language not in ("de", "en"):
+        problem = _("unbekannte Sprache „{value}“ (erlaubt: de, en)").format(value=language)
+    elif bad := [t for t in topics if not _TOPIC.match(t)]:
+        problem = _("ungültiges Thema „{value}“").format(value=bad[0])
+    if problem or email is None:
+        report.problems.append((line, problem or ""))
+        return None
+    name = (row.get("name") or "").strip() or None
+    return ImportLine(line=line, email=email, name=name, language=language, topics=topics)
+
+
+async def import_lines(
+    engine: AsyncEngine, lines: Sequence[ImportLine], report: ImportReport, key: bytes
+) -> None:
+    """Insert in batches, each atomic; known and suppressed addresses are reported, not added."""
+    for start in range(0, len(lines), BATCH_SIZE):
+        batch = lines[start:start + BATCH_SIZE]
+        async with engine.begin() as conn:
+            fresh = await _without_known(conn, batch, report, key)
+            await _insert(conn, fresh)
+            report.imported += len(fresh)
+
+
+async def _without_known(
+    conn: AsyncConnection, batch: Sequence[ImportLine], report: ImportReport, key: bytes
+) -> list[ImportLine]:
+    emails = [item.email for item in batch]
+    known = set((await conn.execute(
+        select(subscribers.c.email).where(subscribers.c.email.in_(emails))
+    )).scalars())
+    hashes = {suppression_hash(e, key): e for e in emails}
+    suppressed = {hashes[h] for h in (await conn.execute(
+        select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(list(hashes)))
+    )).scalars()}
+    fresh = []
+    for item in batch:
+        if item.email in known:
+            report.problems.append((item.line, _("{email} ist bereits eingetragen").format(
+                email=item.email)))
+        elif item.email in suppressed:
+            report.problems.append((item.line, _("{email} ist gesperrt (Abmeldung, Bounce oder "
+                                                 "Löschung)").format(email=item.email)))
+        else:
+            fresh.append(item)
+    return fresh
+
+
+async def _insert(conn: AsyncConnection, items: Sequence[ImportLine]) -> None:
+    if not items:
+        return
+    now = utcnow()
+    rows = [{"email": i.email, "name": i.name, "language": i.language,
+             "status": str(SubscriberStatus.ACTIVE), "source": "import",
+             "created_at": now, "updated_at": now} for i in items]
+    await conn.execute(insert(subscribers), rows)
+    ids = dict((await conn.execute(
+        select(subscribers.c.email, subscribers.c.id).where(
+            subscribers.c.email.in_([i.email for i in items]))
+    )).all())
+    topics = [{"subscriber_id": ids[i.email], "topic": t} for i in items for t in set(i.topics)]
+    if topics:
+        await conn.execute(insert(subscriber_topics), topics)
+
+
+async def suppress(engine: AsyncEngine, email: str, *, reason: str, detail: str | None,
+                   key: bytes) -> None:
+    """Mark the subscriber bounced and remember the address's hash."""
+    digest = suppression_hash(email, key)
+    now = utcnow()
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(subscribers).where(subscribers.c.email == email.lower())
+            .values(status=str(SubscriberStatus.BOUNCED), updated_at=now)
+        )
+        exists = (await conn.execute(
+            select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+        )).first()
+        if not exists:
+            await conn.execute(insert(suppressions).values(
+                email_hash=digest, reason=reason, detail=(detail or "")[:500], created_at=now))
