@@ -40,7 +40,9 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
     def add(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--database", metavar="URL", help=_("Datenbank-URL (sonst aus der Konfiguration)"))
+        sub.add_argument(
+            "--database", metavar="URL", help=_("Datenbank-URL (sonst aus der Konfiguration)")
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -48,7 +50,9 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     queue = add("queue", ops.run_queue, _("plant eine Ankündigung zum Versand ein"))
     queue.add_argument("file", type=Path, metavar="DATEI")
     when = queue.add_mutually_exclusive_group()
-    when.add_argument("--at", metavar="ISO8601", help=_("Sendezeitpunkt (sonst publish_at der Datei)"))
+    when.add_argument(
+        "--at", metavar="ISO8601", help=_("Sendezeitpunkt (sonst publish_at der Datei)")
+    )
     when.add_argument("--now", action="store_true", help=_("sofort senden"))
     status = add("status", ops.run_status, _("zeigt den Versandstand"))
     status.add_argument("id", type=int, nargs="?", metavar="ID")
@@ -56,14 +60,18 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     status.add_argument("--watch", action="store_true", help=_("Fortschrittsbalken bis zum Ende"))
     cancel = add("cancel", ops.run_cancel, _("bricht eine Ankündigung ab"))
     cancel.add_argument("id", type=int, metavar="ID")
-    retry = add("retry-failed", ops.run_retry_failed, _("reiht fehlgeschlagene Zustellungen neu ein"))
+    retry = add(
+        "retry-failed", ops.run_retry_failed, _("reiht fehlgeschlagene Zustellungen neu ein")
+    )
     retry.add_argument("id", type=int, metavar="ID")
     resume = add("resume", ops.run_resume, _("setzt einen pausierten Kanal fort"))
     resume.add_argument("channel", choices=("email", "mastodon", "telegram"))
     add("serve", ops.run_serve, _("startet Planer und Zustellung"))
     subscribers = commands.add_parser("subscribers", help=_("verwaltet Abonnent*innen"))
     sub_commands = subscribers.add_subparsers(dest="subcommand", required=True, metavar="BEFEHL")
-    importer = sub_commands.add_parser("import", help=_("importiert Abonnent*innen aus einer CSV-Datei"))
+    importer = sub_commands.add_parser(
+        "import", help=_("importiert Abonnent*innen aus einer CSV-Datei")
+    )
     importer.add_argument("file", type=Path, metavar="DATEI.csv")
     importer.add_argument("--database", metavar="URL")
     importer.set_defaults(handler=ops.run_import)

@@ -33,8 +33,9 @@ ACTOR = "cli"
 def settings_of(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     if getattr(args, "database", None):
-        settings = settings.model_copy(update={
-            "database": settings.database.model_copy(update={"url": args.database})})
+        settings = settings.model_copy(
+            update={"database": settings.database.model_copy(update={"url": args.database})}
+        )
     return settings
 
 
@@ -63,8 +64,9 @@ def run_queue(args: argparse.Namespace) -> int:
         at = datetime.now().astimezone()
 
     async def work(engine: AsyncEngine) -> int:
-        return await control.queue(Announcements(engine), announcement, at=at, actor=ACTOR,
-                                   allow_past=args.now)
+        return await control.queue(
+            Announcements(engine), announcement, at=at, actor=ACTOR, allow_past=args.now
+        )
 
     print(with_engine(args, work))
     return 0
@@ -74,13 +76,18 @@ def _parse_time(value: str) -> datetime:
     try:
         return localize(datetime.fromisoformat(value))
     except ValueError:
-        raise BroadcastError(_("--at: „{value}“ ist kein Zeitpunkt (ISO 8601, z. B. "
-                               "2025-11-10T10:00)").format(value=value)) from None
+        raise BroadcastError(
+            _("--at: „{value}“ ist kein Zeitpunkt (ISO 8601, z. B. 2025-11-10T10:00)").format(
+                value=value
+            )
+        ) from None
 
 
 def run_cancel(args: argparse.Namespace) -> int:
     stopped = with_engine(args, lambda e: control.cancel(e, args.id, actor=ACTOR))
-    print(_("Ankündigung {id} abgebrochen; {n} Zustellungen gestoppt.").format(id=args.id, n=stopped))
+    print(
+        _("Ankündigung {id} abgebrochen; {n} Zustellungen gestoppt.").format(id=args.id, n=stopped)
+    )
     return 0
 
 
@@ -100,8 +107,9 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         text = Path(args.file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BroadcastError(_("{path} kann nicht gelesen werden: {reason}").format(
-            path=args.file, reason=exc)) from None
+        raise BroadcastError(
+            _("{path} kann nicht gelesen werden: {reason}").format(path=args.file, reason=exc)
+        ) from None
     report = ImportReport()
     lines = list(parse_csv(text, report))
     settings = settings_of(args)
@@ -109,8 +117,11 @@ def run_import(args: argparse.Namespace) -> int:
     with_engine(args, lambda e: import_lines(e, lines, report, key))
     for line, problem in sorted(report.problems):
         print(_("Zeile {line}: {problem}").format(line=line, problem=problem), file=sys.stderr)
-    print(_("{n} Abonnent*innen importiert, {m} Zeilen übersprungen.").format(
-        n=report.imported, m=len(report.problems)))
+    print(
+        _("{n} Abonnent*innen importiert, {m} Zeilen übersprungen.").format(
+            n=report.imported, m=len(report.problems)
+        )
+    )
     return 1 if report.problems else 0
 
 
@@ -133,32 +144,54 @@ def run_status(args: argparse.Namespace) -> int:
 async def _status(engine: AsyncEngine, announcement_id: int | None) -> list[dict[str, Any]]:
     store = Announcements(engine)
     outbox = Outbox(engine, worker_id="status", lease=timedelta(0))
-    records = [await store.get(announcement_id)] if announcement_id else await store.list()
+    records = [await store.get(announcement_id)] if announcement_id else await store.find()
     paused = await control.paused_channels(engine)
     result = []
     for record in records:
         counts = await outbox.counts(record.id)
-        result.append({
-            "id": record.id, "title": record.title, "status": str(record.status),
-            "publish_at": record.publish_at.isoformat() if record.publish_at else None,
-            "channels": {name: {**_counts(c), "paused": name in paused,
-                                "pause_reason": paused.get(name)} for name, c in counts.items()},
-        })
+        result.append(
+            {
+                "id": record.id,
+                "title": record.title,
+                "status": str(record.status),
+                "publish_at": record.publish_at.isoformat() if record.publish_at else None,
+                "channels": {
+                    name: {**_counts(c), "paused": name in paused, "pause_reason": paused.get(name)}
+                    for name, c in counts.items()
+                },
+            }
+        )
     return result
 
 
 def _counts(counts: Counts) -> dict[str, int]:
-    return {"queued": counts.queued, "sending": counts.sending, "sent": counts.sent,
-            "failed": counts.failed, "cancelled": counts.cancelled, "total": counts.total}
+    return {
+        "queued": counts.queued,
+        "sending": counts.sending,
+        "sent": counts.sent,
+        "failed": counts.failed,
+        "cancelled": counts.cancelled,
+        "total": counts.total,
+    }
 
 
 def _print_status(row: dict[str, Any]) -> None:
-    print(f"#{row['id']} {row['title']} — {row['status']}"
-          + (f" ({row['publish_at']})" if row["publish_at"] else ""))
+    print(
+        f"#{row['id']} {row['title']} — {row['status']}"
+        + (f" ({row['publish_at']})" if row["publish_at"] else "")
+    )
     for name, c in row["channels"].items():
-        paused = " " + _("[pausiert: {reason}]").format(reason=c["pause_reason"]) if c["paused"] else ""
-        print("  " + _("{channel}: {queued} wartend, {sending} in Arbeit, {sent} gesendet, "
-                       "{failed} fehlgeschlagen").format(channel=name, **c) + paused)
+        paused = (
+            " " + _("[pausiert: {reason}]").format(reason=c["pause_reason"]) if c["paused"] else ""
+        )
+        print(
+            "  "
+            + _(
+                "{channel}: {queued} wartend, {sending} in Arbeit, {sent} gesendet, "
+                "{failed} fehlgeschlagen"
+            ).format(channel=name, **c)
+            + paused
+        )
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -168,14 +201,18 @@ def _watch(args: argparse.Namespace) -> int:
         start, first_sent = time.monotonic(), None
         while True:
             row = (await _status(engine, args.id))[0]
-            totals = [c for c in row["channels"].values()]
+            totals = list(row["channels"].values())
             total = sum(c["total"] for c in totals)
             done = sum(c["sent"] + c["failed"] + c["cancelled"] for c in totals)
             first_sent = done if first_sent is None else first_sent
             rate = (done - first_sent) / max(0.001, time.monotonic() - start)
             eta = (total - done) / rate if rate > 0 else float("inf")
-            sys.stdout.write("\r" + _bar(done, total) + _(" {rate:.0f}/s, noch {eta}").format(
-                rate=rate, eta=_duration(eta)) + "   ")
+            sys.stdout.write(
+                "\r"
+                + _bar(done, total)
+                + _(" {rate:.0f}/s, noch {eta}").format(rate=rate, eta=_duration(eta))
+                + "   "
+            )
             sys.stdout.flush()
             if row["status"] not in ("scheduled", "sending"):
                 sys.stdout.write("\n")

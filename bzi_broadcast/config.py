@@ -96,7 +96,7 @@ RenderSettings = Settings  # the renderers read templates_dir and organisation o
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read ``path`` (TOML, optional) and the environment; raise ``ConfigError`` naming each problem."""
+    """Read ``path`` (TOML, optional) and the environment; ``ConfigError`` names each problem."""
     data = _read_toml(path) if path else {}
     problems: list[str] = []
     _apply_environment(data, os.environ if environ is None else environ, problems)
@@ -114,13 +114,19 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(_("{path}: {reason}").format(path=path, reason=exc.strerror)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_("{path}: kein gültiges TOML: {reason}").format(
-            path=path, reason=exc)) from None
+        raise ConfigError(
+            _("{path}: kein gültiges TOML: {reason}").format(path=path, reason=exc)
+        ) from None
 
 
-def _apply_environment(data: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
-    sections = {name for name, f in Settings.model_fields.items()
-                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+def _apply_environment(
+    data: dict[str, Any], environ: Mapping[str, str], problems: list[str]
+) -> None:
+    sections = {
+        name
+        for name, f in Settings.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    }
     for variable, value in environ.items():
         if not variable.startswith("BZI_") or variable in ("BZI_LANG", "BZI_LOG_LEVEL"):
             continue
@@ -138,8 +144,11 @@ def _read_secret(variable: str, path: str, problems: list[str]) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        problems.append(_("{variable}: Datei {path} nicht lesbar ({reason})").format(
-            variable=variable, path=path, reason=exc.strerror))
+        problems.append(
+            _("{variable}: Datei {path} nicht lesbar ({reason})").format(
+                variable=variable, path=path, reason=exc.strerror
+            )
+        )
         return ""
 
 
@@ -148,7 +157,8 @@ def _describe(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return _("{where}: unbekannte Einstellung").format(where=where)
     return _("{where}: {problem} (Wert: {value})").format(
-        where=where, problem=error["msg"], value=_safe_value(where, error.get("input")))
+        where=where, problem=error["msg"], value=_safe_value(where, error.get("input"))
+    )
 
 
 def _safe_value(where: str, value: Any) -> str:

@@ -41,8 +41,11 @@ log = logging.getLogger(__name__)
 def worker_settings(settings: Settings) -> WorkerSettings:
     d = settings.delivery
     return WorkerSettings(
-        window=d.window, flush_interval=d.flush_interval, flush_size=d.flush_size,
-        poll_interval=d.poll_interval, pause_error_rate=d.pause_error_rate,
+        window=d.window,
+        flush_interval=d.flush_interval,
+        flush_size=d.flush_size,
+        poll_interval=d.poll_interval,
+        pause_error_rate=d.pause_error_rate,
         pause_min_samples=d.pause_min_samples,
         retry=RetryPolicy(base_delay=d.retry_base_delay, max_attempts=d.max_attempts),
     )
@@ -51,17 +54,25 @@ def worker_settings(settings: Settings) -> WorkerSettings:
 def email_channel(settings: Settings, renderer: Renderer) -> EmailChannel:
     s, e = settings.smtp, settings.email
     server = SmtpServer(
-        host=s.host, port=s.port, security=s.security, username=s.username,
-        password=s.password.get_secret_value() if s.password else None, timeout=s.timeout,
-        pool_size=s.pool_size, verify_tls=s.verify_tls,
+        host=s.host,
+        port=s.port,
+        security=s.security,
+        username=s.username,
+        password=s.password.get_secret_value() if s.password else None,
+        timeout=s.timeout,
+        pool_size=s.pool_size,
+        verify_tls=s.verify_tls,
     )
     email = EmailSettings(
         sender=Sender(address=e.from_address, name=e.from_name, reply_to=e.reply_to),
-        public_url=e.public_url, list_id=e.list_id, unsubscribe_mailto=e.unsubscribe_mailto,
+        public_url=e.public_url,
+        list_id=e.list_id,
+        unsubscribe_mailto=e.unsubscribe_mailto,
     )
-    bucket = TokenBucket(f"smtp:{s.host}:{s.port}",
-                         RateLimit(per_second=s.rate_per_second, burst=s.burst,
-                                   daily_cap=s.daily_cap))
+    bucket = TokenBucket(
+        f"smtp:{s.host}:{s.port}",
+        RateLimit(per_second=s.rate_per_second, burst=s.burst, daily_cap=s.daily_cap),
+    )
     return EmailChannel(server, email, renderer, signer(settings), bucket)
 
 
@@ -80,13 +91,21 @@ class Service:
         self.renderer = Renderer(settings)
         self.email = email_channel(settings, self.renderer)
         self.workers = [
-            Worker(self.email, self.outbox, self.announcements,
-                   settings=worker_settings(settings), on_pause=self._on_pause,
-                   on_suppress=self._on_suppress)
+            Worker(
+                self.email,
+                self.outbox,
+                self.announcements,
+                settings=worker_settings(settings),
+                on_pause=self._on_pause,
+                on_suppress=self._on_suppress,
+            )
         ]
-        self.scheduler = Scheduler(self.announcements, self._release,
-                                   sweep_interval=settings.delivery.sweep_interval,
-                                   on_sweep=self._housekeeping)
+        self.scheduler = Scheduler(
+            self.announcements,
+            self._release,
+            sweep_interval=settings.delivery.sweep_interval,
+            on_sweep=self._housekeeping,
+        )
         self._stopped = asyncio.Event()
 
     async def _release(self, announcement_id: int) -> None:
@@ -112,8 +131,9 @@ class Service:
 
     async def _on_suppress(self, delivery: Claimed, reason: str) -> None:
         key = self.settings.security.secret_key.get_secret_value().encode()
-        await suppress(self.engine, delivery.recipient, reason="hard_bounce", detail=reason,
-                       key=key)
+        await suppress(
+            self.engine, delivery.recipient, reason="hard_bounce", detail=reason, key=key
+        )
 
     async def run(self) -> None:
         await migrate(self.engine)
@@ -121,8 +141,11 @@ class Service:
         await self.outbox.requeue_expired_leases()
         await self.scheduler.start()
         tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
-        log.info("serving worker_id=%s database=%s", self.worker_id,
-                 self.engine.url.render_as_string(hide_password=True))
+        log.info(
+            "serving worker_id=%s database=%s",
+            self.worker_id,
+            self.engine.url.render_as_string(hide_password=True),
+        )
         try:
             await self._stopped.wait()
         finally:

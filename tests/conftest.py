@@ -72,7 +72,7 @@ def _postgres_available() -> bool:
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
     require_or_skip(_postgres_available(), "PostgreSQL at 127.0.0.1:5432")
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     name = f"bzi_test_{os.getpid()}"
     admin = PG_ADMIN_URL

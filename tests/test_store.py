@@ -27,29 +27,50 @@ def announcement(**fields: object) -> Announcement:
     return parse_announcement(json.dumps(data), fmt="json")
 
 
-async def add_subscribers(engine: AsyncEngine, count: int, topics: dict[int, list[str]] | None = None,
-                          status: str = "active") -> None:
+async def add_subscribers(
+    engine: AsyncEngine,
+    count: int,
+    topics: dict[int, list[str]] | None = None,
+    status: str = "active",
+) -> None:
     now = datetime.now(UTC)
-    rows = [{"email": f"person{i}@example.org", "language": "de", "status": status,
-             "source": "test", "created_at": now, "updated_at": now} for i in range(count)]
+    rows = [
+        {
+            "email": f"person{i}@example.org",
+            "language": "de",
+            "status": status,
+            "source": "test",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in range(count)
+    ]
     async with engine.begin() as conn:
         await conn.execute(insert(subscribers), rows)
         ids = dict((await conn.execute(select(subscribers.c.email, subscribers.c.id))).all())
         for index, names in (topics or {}).items():
-            await conn.execute(insert(subscriber_topics), [
-                {"subscriber_id": ids[f"person{index}@example.org"], "topic": t} for t in names])
+            await conn.execute(
+                insert(subscriber_topics),
+                [{"subscriber_id": ids[f"person{index}@example.org"], "topic": t} for t in names],
+            )
 
 
 async def count_rows(engine: AsyncEngine, announcement_id: int) -> int:
     async with engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).where(
-            deliveries.c.announcement_id == announcement_id))).scalar_one())
+        return int(
+            (
+                await conn.execute(
+                    select(func.count()).where(deliveries.c.announcement_id == announcement_id)
+                )
+            ).scalar_one()
+        )
 
 
 async def test_migrations_produce_the_declared_schema(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         diff = await conn.run_sync(
-            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
+            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+        )
     assert diff == []
     assert await is_current(engine)
 
@@ -79,7 +100,10 @@ async def test_lifecycle_records_every_transition(engine: AsyncEngine) -> None:
     assert await store.transition(new_id, S.CANCELLED, actor="bert", detail="Termin fällt aus")
     events = await store.events(new_id)
     assert [(e.from_status, e.to_status, e.actor) for e in events] == [
-        (None, S.DRAFT, "anna"), (S.DRAFT, S.SCHEDULED, "anna"), (S.SCHEDULED, S.CANCELLED, "bert")]
+        (None, S.DRAFT, "anna"),
+        (S.DRAFT, S.SCHEDULED, "anna"),
+        (S.SCHEDULED, S.CANCELLED, "bert"),
+    ]
     assert events[-1].detail == "Termin fällt aus"
     assert all(e.at.tzinfo is not None for e in events)
 
@@ -101,18 +125,33 @@ async def test_release_writes_one_row_per_subscriber_and_only_once(engine: Async
 async def add_subscribers_inactive(engine: AsyncEngine) -> None:
     now = datetime.now(UTC)
     async with engine.begin() as conn:
-        await conn.execute(insert(subscribers), [
-            {"email": "gone@example.org", "language": "de", "status": "unsubscribed",
-             "source": "test", "created_at": now, "updated_at": now}])
+        await conn.execute(
+            insert(subscribers),
+            [
+                {
+                    "email": "gone@example.org",
+                    "language": "de",
+                    "status": "unsubscribed",
+                    "source": "test",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ],
+        )
 
 
 async def test_concurrent_releases_release_once(engine: AsyncEngine) -> None:
     await add_subscribers(engine, 200)
     store = Announcements(engine)
-    new_id = await store.create(announcement(), actor="t", status=S.SCHEDULED,
-                                publish_at=datetime.now(UTC) - timedelta(seconds=1))
-    results = await asyncio.gather(*(release(engine, new_id) for _ in range(5)),
-                                   return_exceptions=True)
+    new_id = await store.create(
+        announcement(),
+        actor="t",
+        status=S.SCHEDULED,
+        publish_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    results = await asyncio.gather(
+        *(release(engine, new_id) for _ in range(5)), return_exceptions=True
+    )
     released = [r for r in results if isinstance(r, dict)]
     assert len(released) == 1, results
     assert await count_rows(engine, new_id) == 200
@@ -129,8 +168,12 @@ async def test_release_waits_for_publish_time(engine: AsyncEngine) -> None:
 async def test_release_respects_topics(engine: AsyncEngine) -> None:
     await add_subscribers(engine, 4, topics={0: ["kommunen"], 1: ["sport"], 2: ["kommunen", "x"]})
     store = Announcements(engine)
-    new_id = await store.create(announcement(topics=["kommunen"]), actor="t", status=S.SCHEDULED,
-                                publish_at=datetime.now(UTC))
+    new_id = await store.create(
+        announcement(topics=["kommunen"]),
+        actor="t",
+        status=S.SCHEDULED,
+        publish_at=datetime.now(UTC),
+    )
     # person0 and person2 chose the topic; person3 chose none (gets everything); person1 not.
     assert await release(engine, new_id) == {"email": 3}
     async with engine.connect() as conn:
@@ -159,8 +202,9 @@ async def test_queue_refuses_a_time_in_the_past(engine: AsyncEngine) -> None:
 async def test_cancel_stops_undelivered_rows(engine: AsyncEngine) -> None:
     await add_subscribers(engine, 10)
     store = Announcements(engine)
-    new_id = await store.create(announcement(), actor="t", status=S.SCHEDULED,
-                                publish_at=datetime.now(UTC))
+    new_id = await store.create(
+        announcement(), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+    )
     await release(engine, new_id)
     assert await control.cancel(engine, new_id, actor="t") == 10
     assert (await store.get(new_id)).status == S.CANCELLED

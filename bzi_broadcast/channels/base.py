@@ -24,7 +24,7 @@ class Channel(Protocol):
     concurrency: int  # how many sends may be in flight at once (e.g. SMTP pool size)
 
     def prepare(self, record: AnnouncementRecord) -> Any:
-        """Build what every recipient shares (rendered text, MIME template), once per announcement."""
+        """Build what all recipients share (rendition, MIME template), once per announcement."""
 
     async def send(self, prepared: Any, delivery: Claimed) -> Receipt:
         """Deliver one row; raise a ``DeliveryError`` subclass on failure."""

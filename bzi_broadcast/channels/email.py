@@ -93,4 +93,6 @@ class EmailChannel:
 
 def _image_type(path: Path | None) -> str:
     suffix = path.suffix.lower() if path else ""
-    return {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp"}.get(suffix, "image/jpeg")
+    return {".png": "image/png", ".gif": "image/gif", ".webp": "image/webp"}.get(
+        suffix, "image/jpeg"
+    )

@@ -40,8 +40,10 @@ class SmtpServer:
 
     def __repr__(self) -> str:
         secret = "***" if self.password else None
-        return (f"SmtpServer(host={self.host!r}, port={self.port}, security={self.security!r}, "
-                f"username={self.username!r}, password={secret!r}, pool_size={self.pool_size})")
+        return (
+            f"SmtpServer(host={self.host!r}, port={self.port}, security={self.security!r}, "
+            f"username={self.username!r}, password={secret!r}, pool_size={self.pool_size})"
+        )
 
 
 class SmtpPool:
@@ -84,8 +86,12 @@ class SmtpPool:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         connection = aiosmtplib.SMTP(
-            hostname=s.host, port=s.port, timeout=s.timeout, use_tls=s.security == "tls",
-            start_tls=s.security == "starttls", tls_context=context,
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            tls_context=context,
         )
         try:
             await connection.connect()
@@ -114,7 +120,8 @@ async def _transaction(
     except aiosmtplib.SMTPResponseException as exc:
         with contextlib.suppress(aiosmtplib.SMTPException):
             await connection.rset()
-        raise _by_code(exc, refused_recipient=isinstance(exc, aiosmtplib.SMTPRecipientRefused))
+        refused = isinstance(exc, aiosmtplib.SMTPRecipientRefused)
+        raise _by_code(exc, refused_recipient=refused) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise TransientError(f"SMTP-Verbindung verloren: {exc}") from exc
     try:
@@ -132,4 +139,6 @@ def _by_code(
     text = f"SMTP {exc.code} {exc.message}"[:500]
     if 400 <= exc.code < 500:
         return TransientError(text)
-    return PermanentError(text, suppress_recipient=refused_recipient and exc.code in HARD_BOUNCE_CODES)
+    return PermanentError(
+        text, suppress_recipient=refused_recipient and exc.code in HARD_BOUNCE_CODES
+    )

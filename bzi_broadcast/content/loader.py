@@ -170,8 +170,11 @@ def _data_location(loc: Iterable[str | int], data: Any) -> Location:
 
 def _is_union_tag(node: Any, part: str | int, location: list[str | int]) -> bool:
     """A block's type, which pydantic puts in the location right after the block's index."""
-    return bool(location) and isinstance(location[-1], int) and isinstance(node, dict) and (
-        node.get("type") == part
+    return (
+        bool(location)
+        and isinstance(location[-1], int)
+        and isinstance(node, dict)
+        and (node.get("type") == part)
     )
 
 

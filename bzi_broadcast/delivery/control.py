@@ -22,7 +22,11 @@ S = AnnouncementStatus
 
 
 async def queue(
-    store: Announcements, announcement: Announcement, *, at: datetime | None, actor: str,
+    store: Announcements,
+    announcement: Announcement,
+    *,
+    at: datetime | None,
+    actor: str,
     allow_past: bool = False,
 ) -> int:
     """Store ``announcement`` as scheduled for ``at`` (or its own ``publish_at``)."""
@@ -44,8 +48,9 @@ async def cancel(engine: AsyncEngine, announcement_id: int, *, actor: str) -> in
     """Cancel before or during sending; returns how many deliveries were stopped."""
     async with engine.begin() as conn:
         if not await transition(conn, announcement_id, S.CANCELLED, actor=actor):
-            raise TransitionError(_("Ankündigung {id} kann nicht mehr abgebrochen werden").format(
-                id=announcement_id))
+            raise TransitionError(
+                _("Ankündigung {id} kann nicht mehr abgebrochen werden").format(id=announcement_id)
+            )
         return await cancel_undelivered(conn, announcement_id)
 
 
@@ -53,14 +58,19 @@ async def retry_failed(engine: AsyncEngine, announcement_id: int, *, actor: str)
     """Re-queue the failed rows of a finished or still-sending announcement."""
     now = utcnow()
     async with engine.begin() as conn:
-        status = (await conn.execute(
-            select(announcements.c.status).where(announcements.c.id == announcement_id)
-        )).scalar_one_or_none()
+        status = (
+            await conn.execute(
+                select(announcements.c.status).where(announcements.c.id == announcement_id)
+            )
+        ).scalar_one_or_none()
         if status == S.PARTIALLY_FAILED:
             await transition(conn, announcement_id, S.SENDING, actor=actor, detail="retry failed")
         elif status != S.SENDING:
-            raise TransitionError(_("Ankündigung {id} hat keine fehlgeschlagenen Zustellungen "
-                                    "zum Wiederholen").format(id=announcement_id))
+            raise TransitionError(
+                _(
+                    "Ankündigung {id} hat keine fehlgeschlagenen Zustellungen zum Wiederholen"
+                ).format(id=announcement_id)
+            )
         return await requeue_failed(conn, announcement_id, now)
 
 
@@ -89,8 +99,11 @@ async def set_paused(engine: AsyncEngine, channel: str, paused: bool, reason: st
             .values(paused=paused, reason=reason, changed_at=now)
         )
         if changed.rowcount == 0:
-            await conn.execute(channel_state.insert().values(
-                channel=channel, paused=paused, reason=reason, changed_at=now))
+            await conn.execute(
+                channel_state.insert().values(
+                    channel=channel, paused=paused, reason=reason, changed_at=now
+                )
+            )
 
 
 async def paused_channels(engine: AsyncEngine) -> dict[str, str | None]:
@@ -98,4 +111,4 @@ async def paused_channels(engine: AsyncEngine) -> dict[str, str | None]:
         rows = await conn.execute(
             select(channel_state.c.channel, channel_state.c.reason).where(channel_state.c.paused)
         )
-        return {channel: reason for channel, reason in rows}
+        return dict(rows.tuples().all())

@@ -87,8 +87,12 @@ class Outbox:
             .where(deliveries.c.id.in_(candidates.scalar_subquery()))
             .values(status=str(D.SENDING), lease_until=now + self._lease, worker=self._worker_id)
             .returning(
-                deliveries.c.id, deliveries.c.announcement_id, deliveries.c.channel,
-                deliveries.c.recipient, deliveries.c.subscriber_id, deliveries.c.attempts,
+                deliveries.c.id,
+                deliveries.c.announcement_id,
+                deliveries.c.channel,
+                deliveries.c.recipient,
+                deliveries.c.subscriber_id,
+                deliveries.c.attempts,
             )
         )
         async with self._engine.begin() as conn:
@@ -136,8 +140,9 @@ class Outbox:
         async with self._engine.begin() as conn:
             for announcement_id in (await conn.execute(done)).scalars():
                 target = await _final_status(conn, announcement_id)
-                if await transition(conn, announcement_id, target, actor="worker",
-                                    finished_at=utcnow()):
+                if await transition(
+                    conn, announcement_id, target, actor="worker", finished_at=utcnow()
+                ):
                     finished.append((announcement_id, target))
         return finished
 
@@ -205,15 +210,18 @@ _FAILED = (
 async def _write_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> None:
     sent = [
         {"b_id": o.id, "b_attempts": o.attempts, "b_at": o.at, "b_remote_id": o.remote_id}
-        for o in outcomes if o.status == D.SENT
+        for o in outcomes
+        if o.status == D.SENT
     ]
     retry = [
         {"b_id": o.id, "b_attempts": o.attempts, "b_next": o.next_attempt_at, "b_error": o.error}
-        for o in outcomes if o.status == D.QUEUED
+        for o in outcomes
+        if o.status == D.QUEUED
     ]
     failed = [
         {"b_id": o.id, "b_attempts": o.attempts, "b_error": o.error}
-        for o in outcomes if o.status == D.FAILED
+        for o in outcomes
+        if o.status == D.FAILED
     ]
     for statement, params in ((_SENT, sent), (_RETRY, retry), (_FAILED, failed)):
         if params:
@@ -240,8 +248,12 @@ async def cancel_undelivered(conn: AsyncConnection, announcement_id: int) -> int
 async def requeue_failed(conn: AsyncConnection, announcement_id: int, now: datetime) -> int:
     query = (
         update(deliveries)
-        .where(and_(deliveries.c.announcement_id == announcement_id,
-                    deliveries.c.status == str(D.FAILED)))
+        .where(
+            and_(
+                deliveries.c.announcement_id == announcement_id,
+                deliveries.c.status == str(D.FAILED),
+            )
+        )
         .values(status=str(D.QUEUED), next_attempt_at=now, attempts=0, last_error=None)
     )
     return (await conn.execute(query)).rowcount

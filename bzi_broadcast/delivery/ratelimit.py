@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.errors import TransientError
+from bzi_broadcast.i18n import N_
 from bzi_broadcast.store.schema import rate_limits
 
 
@@ -26,7 +29,7 @@ class RateLimit:
     daily_cap: int | None = None
 
 
-class DailyCapReached(TransientError):  # noqa: N818 - reads as the situation it is
+class DailyCapReached(TransientError):
     """Das Tageslimit des Servers ist erreicht; es geht morgen weiter."""
 
 
@@ -74,8 +77,13 @@ class TokenBucket:
 
     def snapshot(self) -> dict[str, object]:
         self._refill()
-        return {"key": self.key, "tokens": self._tokens, "day": self._day,
-                "day_count": self.day_count, "updated_at": datetime.now(UTC)}
+        return {
+            "key": self.key,
+            "tokens": self._tokens,
+            "day": self._day,
+            "day_count": self.day_count,
+            "updated_at": datetime.now(UTC),
+        }
 
     def restore(self, tokens: float, day: str, day_count: int, updated_at: datetime) -> None:
         elapsed = max(0.0, (datetime.now(UTC) - updated_at).total_seconds())
@@ -87,7 +95,9 @@ class TokenBucket:
 
 async def load_bucket(engine: AsyncEngine, bucket: TokenBucket) -> None:
     async with engine.connect() as conn:
-        row = (await conn.execute(select(rate_limits).where(rate_limits.c.key == bucket.key))).one_or_none()
+        row = (
+            await conn.execute(select(rate_limits).where(rate_limits.c.key == bucket.key))
+        ).one_or_none()
     if row is not None:
         bucket.restore(row.tokens, row.day, row.day_count, row.updated_at)
 
@@ -103,10 +113,7 @@ def _seconds_to_midnight() -> float:
 
 async def save_bucket(engine: AsyncEngine, bucket: TokenBucket) -> None:
     values = bucket.snapshot()
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
     statement = insert(rate_limits).values(values)
     statement = statement.on_conflict_do_update(
         index_elements=[rate_limits.c.key],

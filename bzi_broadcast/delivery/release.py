@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from sqlalchemy import Insert, and_, exists, insert, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Insert, and_, exists, insert, literal, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
@@ -28,7 +28,7 @@ FanOut = Callable[[int, datetime], Insert]
 """Builds the INSERT … SELECT that writes one channel's delivery rows for an announcement."""
 
 
-def _topic_match(announcement_id: int) -> object:
+def _topic_match(announcement_id: int) -> ColumnElement[bool]:
     """Announcement without topics → everyone; subscriber without topics → every topic."""
     wanted = exists().where(announcement_topics.c.announcement_id == announcement_id)
     chosen = exists().where(subscriber_topics.c.subscriber_id == subscribers.c.id)
@@ -50,8 +50,15 @@ def email_fan_out(announcement_id: int, now: datetime) -> Insert:
         literal(0),
         literal(now, type_=deliveries.c.next_attempt_at.type),
     ).where(and_(subscribers.c.status == "active", _topic_match(announcement_id)))
-    columns = ["announcement_id", "channel", "recipient", "subscriber_id", "status", "attempts",
-               "next_attempt_at"]
+    columns = [
+        "announcement_id",
+        "channel",
+        "recipient",
+        "subscriber_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+    ]
     return insert(deliveries).from_select(columns, rows)
 
 
@@ -71,7 +78,11 @@ async def release(
     not_expired = or_(announcements.c.expires_at.is_(None), announcements.c.expires_at > now)
     async with engine.begin() as conn:
         released = await transition(
-            conn, announcement_id, AnnouncementStatus.SENDING, actor=actor, released_at=now,
+            conn,
+            announcement_id,
+            AnnouncementStatus.SENDING,
+            actor=actor,
+            released_at=now,
             extra_condition=and_(
                 announcements.c.status == str(AnnouncementStatus.SCHEDULED),
                 announcements.c.publish_at <= now,

@@ -32,5 +32,5 @@ class RetryPolicy:
             return now + timedelta(seconds=max(0.0, retry_after))
         delay = min(self.max_delay, self.base_delay * self.factor ** max(0, attempts - 1))
         spread = delay * self.jitter
-        delay = delay - spread + (rng or random).random() * spread  # noqa: S311 - not crypto
+        delay = delay - spread + (rng or random).random() * spread
         return now + timedelta(seconds=delay)

@@ -38,22 +38,30 @@ class Scheduler:
         self._on_sweep = on_sweep
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._scheduler.add_job(
-            self.sweep, IntervalTrigger(seconds=sweep_interval), id="sweep",
-            max_instances=1, coalesce=True, next_run_time=utcnow(),
+            self.sweep,
+            IntervalTrigger(seconds=sweep_interval),
+            id="sweep",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow(),
         )
 
     async def start(self) -> None:
         self._scheduler.start()
-        for record in await self._announcements.list([AnnouncementStatus.SCHEDULED]):
+        for record in await self._announcements.find([AnnouncementStatus.SCHEDULED]):
             if record.publish_at:
                 self.schedule(record.id, record.publish_at)
 
     def schedule(self, announcement_id: int, publish_at: datetime) -> None:
         """(Re)plan the release of one announcement; a time in the past fires at once."""
         self._scheduler.add_job(
-            self._fire, DateTrigger(run_date=max(publish_at, utcnow())), args=[announcement_id],
-            id=f"release-{announcement_id}", replace_existing=True,
-            misfire_grace_time=None, coalesce=True,
+            self._fire,
+            DateTrigger(run_date=max(publish_at, utcnow())),
+            args=[announcement_id],
+            id=f"release-{announcement_id}",
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
         )
 
     def unschedule(self, announcement_id: int) -> None:
@@ -82,7 +90,8 @@ class Scheduler:
         job = self._scheduler.get_job("sweep")
         if job is None or job.next_run_time is None:
             return 0.0
-        return max(0.0, (utcnow() - job.next_run_time).total_seconds())
+        overdue: float = (utcnow() - job.next_run_time).total_seconds()
+        return max(0.0, overdue)
 
     def shutdown(self) -> None:
         if self._scheduler.running:

@@ -106,8 +106,13 @@ class Worker:
         flusher = asyncio.create_task(self._flush_periodically())
         try:
             while not self._stopping.is_set():
-                batch = [] if self.paused else await self._outbox.claim(
-                    self.channel.name, self._settings.window
+                # Every outcome is on disk before the next claim: a crash re-sends at most one
+                # window of rows (those claimed and handed to the server but not yet marked).
+                await self.flush()
+                batch = (
+                    []
+                    if self.paused
+                    else await self._outbox.claim(self.channel.name, self._settings.window)
                 )
                 if batch:
                     await self._send_batch(batch)
@@ -148,8 +153,15 @@ class Worker:
             return
         self._errors.add(False)
         self.sent += 1
-        self._add(Outcome(id=item.id, status=DeliveryStatus.SENT, attempts=attempts, at=utcnow(),
-                          remote_id=receipt.remote_id))
+        self._add(
+            Outcome(
+                id=item.id,
+                status=DeliveryStatus.SENT,
+                attempts=attempts,
+                at=utcnow(),
+                remote_id=receipt.remote_id,
+            )
+        )
 
     async def _prepare(self, announcement_id: int) -> Any:
         if announcement_id not in self._prepared:
@@ -160,15 +172,22 @@ class Worker:
     def _failure(self, item: Claimed, attempts: int, exc: DeliveryError) -> Outcome:
         now = utcnow()
         error = f"{type(exc).__name__}: {exc.message}"[:1000]
-        log.info("delivery failed channel=%s delivery_id=%s announcement_id=%s attempt=%s "
-                 "error=%s", item.channel, item.id, item.announcement_id, attempts, error)
+        log.info(
+            "delivery failed channel=%s delivery_id=%s announcement_id=%s attempt=%s error=%s",
+            item.channel,
+            item.id,
+            item.announcement_id,
+            attempts,
+            error,
+        )
         if isinstance(exc, TransientError | ChannelAuthError):
             retry_after = exc.retry_after if isinstance(exc, TransientError) else None
             next_at = self._settings.retry.next_attempt(attempts, now, retry_after=retry_after)
             if next_at is not None:
                 return _retry(item, attempts, now, next_at, error)
-        return Outcome(id=item.id, status=DeliveryStatus.FAILED, attempts=attempts, at=now,
-                       error=error)
+        return Outcome(
+            id=item.id, status=DeliveryStatus.FAILED, attempts=attempts, at=now, error=error
+        )
 
     async def _after_failure(self, item: Claimed, exc: DeliveryError) -> None:
         self._errors.add(True)
@@ -176,7 +195,9 @@ class Worker:
             await self._on_suppress(item, exc.message)
         if isinstance(exc, ChannelAuthError):
             await self._pause(exc.message)
-        elif self._errors.exceeds(self._settings.pause_error_rate, self._settings.pause_min_samples):
+        elif self._errors.exceeds(
+            self._settings.pause_error_rate, self._settings.pause_min_samples
+        ):
             await self._pause("error rate above threshold")
 
     async def _pause(self, reason: str) -> None:
@@ -211,11 +232,18 @@ class Worker:
         except Exception:
             # Keep the outcomes and try again with the next flush; if the process dies first,
             # the leases run out and the rows are sent again (at least once, never lost).
-            log.exception("recording outcomes failed channel=%s count=%s", self.channel.name,
-                          len(batch))
+            log.exception(
+                "recording outcomes failed channel=%s count=%s", self.channel.name, len(batch)
+            )
             self._pending[:0] = batch
 
 
 def _retry(item: Claimed, attempts: int, now: datetime, next_at: datetime, error: str) -> Outcome:
-    return Outcome(id=item.id, status=DeliveryStatus.QUEUED, attempts=attempts, at=now,
-                   next_attempt_at=next_at, error=error)
+    return Outcome(
+        id=item.id,
+        status=DeliveryStatus.QUEUED,
+        attempts=attempts,
+        at=now,
+        next_attempt_at=next_at,
+        error=error,
+    )

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, sources_of
 from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.schema import announcement_events, announcement_topics, announcements
 
@@ -23,6 +24,9 @@ class NotFoundError(BroadcastError):
 
 class TransitionError(BroadcastError):
     """Dieser Statuswechsel ist nicht möglich."""
+
+
+_DEFAULT_MESSAGES = (N_("Nicht gefunden."), N_("Dieser Statuswechsel ist nicht möglich."))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,13 +92,15 @@ class Announcements:
     async def get(self, announcement_id: int) -> AnnouncementRecord:
         async with self._engine.connect() as conn:
             row = (
-                await conn.execute(select(announcements).where(announcements.c.id == announcement_id))
+                await conn.execute(
+                    select(announcements).where(announcements.c.id == announcement_id)
+                )
             ).one_or_none()
         if row is None:
             raise NotFoundError(_("Ankündigung {id} gibt es nicht").format(id=announcement_id))
         return _record_of(row._mapping)
 
-    async def list(self, statuses: Iterable[AnnouncementStatus] = ()) -> list[AnnouncementRecord]:
+    async def find(self, statuses: Iterable[AnnouncementStatus] = ()) -> list[AnnouncementRecord]:
         query = select(announcements).order_by(announcements.c.id)
         wanted = [str(s) for s in statuses]
         if wanted:
@@ -132,8 +138,9 @@ class Announcements:
     ) -> bool:
         """Move to ``target`` if the current status allows it; False when it did not."""
         async with self._engine.begin() as conn:
-            return await transition(conn, announcement_id, target, actor=actor, detail=detail,
-                                    **values)
+            return await transition(
+                conn, announcement_id, target, actor=actor, detail=detail, **values
+            )
 
     async def due(self, now: datetime) -> list[int]:
         """Scheduled announcements whose time has come."""
@@ -147,7 +154,7 @@ class Announcements:
     async def count_by_status(self) -> dict[str, int]:
         query = select(announcements.c.status, func.count()).group_by(announcements.c.status)
         async with self._engine.connect() as conn:
-            return {status: count for status, count in await conn.execute(query)}
+            return dict((await conn.execute(query)).tuples().all())
 
 
 async def transition(

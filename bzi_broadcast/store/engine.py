@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 
 DEFAULT_URL = "sqlite:///data/bzi-broadcast.sqlite3"
@@ -29,14 +30,20 @@ class StoreError(BroadcastError):
     """Die Datenbank ist nicht erreichbar."""
 
 
+N_("Die Datenbank ist nicht erreichbar.")
+
+
 def async_url(url: str) -> str:
     """Map a plain database URL to its async driver."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise StoreError(_("ungültige Datenbank-URL „{url}“").format(url=_mask(url))) from None
-    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
-               "postgres": "postgresql+asyncpg"}
+    drivers = {
+        "sqlite": "sqlite+aiosqlite",
+        "postgresql": "postgresql+asyncpg",
+        "postgres": "postgresql+asyncpg",
+    }
     backend = parsed.get_backend_name()
     if backend not in drivers:
         message = _("nicht unterstützte Datenbank „{name}“ (erwartet sqlite oder postgresql)")
@@ -89,8 +96,9 @@ async def migrate(engine: AsyncEngine) -> None:
         async with engine.begin() as connection:
             await connection.run_sync(_upgrade)
     except (OperationalError, DBAPIError, OSError) as exc:
-        raise StoreError(_("Datenbank nicht erreichbar: {reason}").format(
-            reason=_reason(exc))) from None
+        raise StoreError(
+            _("Datenbank nicht erreichbar: {reason}").format(reason=_reason(exc))
+        ) from None
 
 
 def _upgrade(connection: Connection) -> None:

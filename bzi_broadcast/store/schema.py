@@ -58,7 +58,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        moment: datetime = value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _now_column(name: str) -> Column[datetime]:
@@ -85,8 +86,9 @@ announcements = Table(
 announcement_topics = Table(
     "announcement_topics",
     metadata,
-    Column("announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("topic", String(64), primary_key=True),
 )
 
@@ -94,8 +96,13 @@ announcement_events = Table(
     "announcement_events",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"),
-           nullable=False, index=True),
+    Column(
+        "announcement_id",
+        Id,
+        ForeignKey("announcements.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("from_status", String(20)),
     Column("to_status", String(20), nullable=False),
     Column("actor", String(200), nullable=False),
@@ -120,8 +127,7 @@ subscribers = Table(
 subscriber_topics = Table(
     "subscriber_topics",
     metadata,
-    Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
     Column("topic", String(64), primary_key=True),
     Index(None, "topic"),
 )
@@ -139,8 +145,9 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"), nullable=False
+    ),
     Column("channel", String(20), nullable=False),
     Column("recipient", String(320), nullable=False),
     Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="SET NULL")),

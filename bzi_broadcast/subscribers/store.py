@@ -22,7 +22,9 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.announcements import utcnow
 from bzi_broadcast.store.schema import subscriber_topics, subscribers, suppressions
 
-_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+_ADDRESS = re.compile(
+    r"^[^@\s<>(),;:\"\[\]\\]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
 _TOPIC = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BATCH_SIZE = 1000
 
@@ -103,7 +105,7 @@ async def import_lines(
 ) -> None:
     """Insert in batches, each atomic; known and suppressed addresses are reported, not added."""
     for start in range(0, len(lines), BATCH_SIZE):
-        batch = lines[start:start + BATCH_SIZE]
+        batch = lines[start : start + BATCH_SIZE]
         async with engine.begin() as conn:
             fresh = await _without_known(conn, batch, report, key)
             await _insert(conn, fresh)
@@ -114,21 +116,35 @@ async def _without_known(
     conn: AsyncConnection, batch: Sequence[ImportLine], report: ImportReport, key: bytes
 ) -> list[ImportLine]:
     emails = [item.email for item in batch]
-    known = set((await conn.execute(
-        select(subscribers.c.email).where(subscribers.c.email.in_(emails))
-    )).scalars())
+    known = set(
+        (
+            await conn.execute(select(subscribers.c.email).where(subscribers.c.email.in_(emails)))
+        ).scalars()
+    )
     hashes = {suppression_hash(e, key): e for e in emails}
-    suppressed = {hashes[h] for h in (await conn.execute(
-        select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(list(hashes)))
-    )).scalars()}
+    suppressed = {
+        hashes[h]
+        for h in (
+            await conn.execute(
+                select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(list(hashes)))
+            )
+        ).scalars()
+    }
     fresh = []
     for item in batch:
         if item.email in known:
-            report.problems.append((item.line, _("{email} ist bereits eingetragen").format(
-                email=item.email)))
+            report.problems.append(
+                (item.line, _("{email} ist bereits eingetragen").format(email=item.email))
+            )
         elif item.email in suppressed:
-            report.problems.append((item.line, _("{email} ist gesperrt (Abmeldung, Bounce oder "
-                                                 "Löschung)").format(email=item.email)))
+            report.problems.append(
+                (
+                    item.line,
+                    _("{email} ist gesperrt (Abmeldung, Bounce oder Löschung)").format(
+                        email=item.email
+                    ),
+                )
+            )
         else:
             fresh.append(item)
     return fresh
@@ -138,32 +154,53 @@ async def _insert(conn: AsyncConnection, items: Sequence[ImportLine]) -> None:
     if not items:
         return
     now = utcnow()
-    rows = [{"email": i.email, "name": i.name, "language": i.language,
-             "status": str(SubscriberStatus.ACTIVE), "source": "import",
-             "created_at": now, "updated_at": now} for i in items]
+    rows = [
+        {
+            "email": i.email,
+            "name": i.name,
+            "language": i.language,
+            "status": str(SubscriberStatus.ACTIVE),
+            "source": "import",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in items
+    ]
     await conn.execute(insert(subscribers), rows)
-    ids = dict((await conn.execute(
-        select(subscribers.c.email, subscribers.c.id).where(
-            subscribers.c.email.in_([i.email for i in items]))
-    )).all())
+    ids = dict(
+        (
+            await conn.execute(
+                select(subscribers.c.email, subscribers.c.id).where(
+                    subscribers.c.email.in_([i.email for i in items])
+                )
+            )
+        ).all()
+    )
     topics = [{"subscriber_id": ids[i.email], "topic": t} for i in items for t in set(i.topics)]
     if topics:
         await conn.execute(insert(subscriber_topics), topics)
 
 
-async def suppress(engine: AsyncEngine, email: str, *, reason: str, detail: str | None,
-                   key: bytes) -> None:
+async def suppress(
+    engine: AsyncEngine, email: str, *, reason: str, detail: str | None, key: bytes
+) -> None:
     """Mark the subscriber bounced and remember the address's hash."""
     digest = suppression_hash(email, key)
     now = utcnow()
     async with engine.begin() as conn:
         await conn.execute(
-            update(subscribers).where(subscribers.c.email == email.lower())
+            update(subscribers)
+            .where(subscribers.c.email == email.lower())
             .values(status=str(SubscriberStatus.BOUNCED), updated_at=now)
         )
-        exists = (await conn.execute(
-            select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
-        )).first()
+        exists = (
+            await conn.execute(
+                select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+            )
+        ).first()
         if not exists:
-            await conn.execute(insert(suppressions).values(
-                email_hash=digest, reason=reason, detail=(detail or "")[:500], created_at=now))
+            await conn.execute(
+                insert(suppressions).values(
+                    email_hash=digest, reason=reason, detail=(detail or "")[:500], created_at=now
+                )
+            )

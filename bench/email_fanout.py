@@ -1,0 +1,295 @@
+"""Benchmark: the seed newsletter to N subscribers into postfix's smtp-sink, end to end.
+
+For each database (SQLite file; PostgreSQL at 127.0.0.1:5432) it
+  1. writes N active subscribers,
+  2. queues the seed example two seconds ahead and starts ``bzi-broadcast serve`` (``--workers``
+     processes on PostgreSQL, one on SQLite),
+  3. waits until the announcement is sent and reports messages/s from release to the last
+     acceptance, the peak RSS of each serve process, and
+  4. the release latency (publish_at → first message handed to SMTP) over 20 small announcements.
+In the same run it measures postfix's ``smtp-source`` (C; 8 sessions, connections reused, the
+same message size) into the same sink, and prints our rate as a ratio of it.
+
+    .venv/bin/python -m bench.email_fanout [--subscribers 100000] [--databases sqlite,postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy import func, insert, select
+
+from bzi_broadcast.content import load_announcement
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
+from bzi_broadcast.render import Renderer
+from bzi_broadcast.store.announcements import Announcements
+from bzi_broadcast.store.engine import create_engine, migrate
+from bzi_broadcast.store.schema import announcements, deliveries, subscribers
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "examples" / "weltoffene-kommunen.yaml"
+SINK, SOURCE = (
+    shutil.which("smtp-sink") or "/usr/sbin/smtp-sink",
+    shutil.which("smtp-source") or "/usr/sbin/smtp-source",
+)
+SINK_PORT = 2727
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def require_postfix() -> None:
+    if not (Path(SINK).exists() and Path(SOURCE).exists()):
+        sys.exit(
+            "bench/email_fanout needs postfix's smtp-sink and smtp-source: "
+            "apt-get install postfix (choose 'No configuration')"
+        )
+
+
+def start_sink() -> subprocess.Popen[bytes]:
+    sink = subprocess.Popen(
+        [SINK, "-u", os.environ.get("USER", "root"), f"127.0.0.1:{SINK_PORT}", "1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            import socket
+
+            socket.create_connection(("127.0.0.1", SINK_PORT), timeout=0.2).close()
+            return sink
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("smtp-sink did not start")
+
+
+def reference_rate(count: int, size: int) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            SOURCE,
+            "-d",
+            "-s",
+            "8",
+            "-m",
+            str(count),
+            "-l",
+            str(size),
+            "-f",
+            "bench@example.org",
+            "-t",
+            "sink@example.org",
+            f"127.0.0.1:{SINK_PORT}",
+        ],
+        check=True,
+    )
+    return count / (time.perf_counter() - start)
+
+
+async def prepare(url: str, count: int) -> int:
+    engine = create_engine(url)
+    await migrate(engine)
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        for start in range(0, count, 20000):
+            await conn.execute(
+                insert(subscribers),
+                [
+                    {
+                        "email": f"reader{i}@example.org",
+                        "language": "de",
+                        "status": "active",
+                        "source": "bench",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in range(start, min(count, start + 20000))
+                ],
+            )
+    store = Announcements(engine)
+    announcement_id = await store.create(
+        load_announcement(EXAMPLE),
+        actor="bench",
+        status=AnnouncementStatus.SCHEDULED,
+        publish_at=datetime.now(UTC) + timedelta(seconds=3),
+    )
+    await engine.dispose()
+    return announcement_id
+
+
+def serve(url: str, workdir: Path, index: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "BZI_DATABASE_URL": url,
+        "BZI_SMTP_PORT": str(SINK_PORT),
+        "BZI_SMTP_POOL_SIZE": "8",
+        "BZI_SMTP_RATE_PER_SECOND": "100000",
+        "BZI_SMTP_BURST": "1000",
+        "BZI_DELIVERY_WINDOW": "400",
+        "BZI_DELIVERY_POLL_INTERVAL": "0.2",
+        "BZI_DELIVERY_SWEEP_INTERVAL": "0.5",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "bzi_broadcast", "serve"],
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / f"serve{index}.log", "wb"),
+    )
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def progress(
+    url: str, announcement_id: int
+) -> tuple[str, datetime | None, datetime | None, datetime | None, int]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            status, released = (
+                await conn.execute(
+                    select(announcements.c.status, announcements.c.released_at).where(
+                        announcements.c.id == announcement_id
+                    )
+                )
+            ).one()
+            first, last, sent = (
+                await conn.execute(
+                    select(
+                        func.min(deliveries.c.sent_at), func.max(deliveries.c.sent_at), func.count()
+                    ).where(
+                        deliveries.c.announcement_id == announcement_id,
+                        deliveries.c.status == "sent",
+                    )
+                )
+            ).one()
+        return status, released, first, last, sent
+    finally:
+        await engine.dispose()
+
+
+async def release_latencies(url: str, rounds: int = 20) -> list[float]:
+    """publish_at → first acceptance, for small announcements fired one after another."""
+    engine = create_engine(url)
+    store = Announcements(engine)
+    ids = []
+    base = datetime.now(UTC) + timedelta(seconds=2)
+    for i in range(rounds):
+        ids.append(
+            await store.create(
+                load_announcement(EXAMPLE),
+                actor="bench",
+                status=AnnouncementStatus.SCHEDULED,
+                publish_at=base + timedelta(seconds=0.25 * i),
+            )
+        )
+    await engine.dispose()
+    deadline = time.monotonic() + 120
+    latencies: list[float] = []
+    while time.monotonic() < deadline and len(latencies) < rounds:
+        await asyncio.sleep(0.5)
+        latencies = []
+        for announcement_id in ids:
+            _status, _released, first, _last, _sent = await progress(url, announcement_id)
+            if first is not None:
+                publish_at = base + timedelta(seconds=0.25 * ids.index(announcement_id))
+                latencies.append((first - publish_at).total_seconds())
+    return latencies
+
+
+async def run_one(kind: str, url: str, count: int, workers: int) -> dict[str, float]:
+    announcement_id = await prepare(url, count)
+    with tempfile.TemporaryDirectory() as tmp:
+        processes = [serve(url, Path(tmp), i) for i in range(workers)]
+        try:
+            while True:
+                await asyncio.sleep(1)
+                status, released, _first, last, sent = await progress(url, announcement_id)
+                print(f"  {kind}: {status} {sent}/{count}", end="\r", flush=True)
+                if status in ("sent", "partially_failed"):
+                    break
+                if any(p.poll() is not None for p in processes):
+                    sys.exit(f"serve exited early; see {tmp}/serve*.log")
+            rss = max(peak_rss_mb(p.pid) for p in processes)
+            latencies = await release_latencies(url)
+        finally:
+            for p in processes:
+                p.send_signal(signal.SIGTERM)
+            for p in processes:
+                p.wait(60)
+    assert released is not None
+    assert last is not None
+    seconds = (last - released).total_seconds()
+    return {
+        "rate": sent / seconds,
+        "seconds": seconds,
+        "rss": rss,
+        "p50": statistics.median(latencies),
+        "p99": max(latencies),
+    }
+
+
+async def fresh_pg_database(name: str) -> str:
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--workers", type=int, default=2, help="serve processes on PostgreSQL")
+    args = parser.parse_args()
+    require_postfix()
+    size = len(Renderer().email(load_announcement(EXAMPLE)).html) * 2
+    sink = start_sink()
+    try:
+        reference = reference_rate(min(args.subscribers, 50_000), size)
+        print(
+            f"bench/email_fanout  machine: {platform.machine()} {os.cpu_count()} cores, "
+            f"python {platform.python_version()}, subscribers: {args.subscribers}"
+        )
+        print(f"  reference smtp-source (8 sessions, reused, {size} B): {reference:,.0f} msg/s")
+        for kind in args.databases.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                url = (
+                    f"sqlite:///{tmp}/bench.sqlite3"
+                    if kind == "sqlite"
+                    else asyncio.run(fresh_pg_database("bzi_bench"))
+                )
+                workers = 1 if kind == "sqlite" else args.workers
+                r = asyncio.run(run_one(kind, url, args.subscribers, workers))
+            print(
+                f"  {kind:10} {workers} serve: {r['rate']:,.0f} msg/s end to end "
+                f"({r['seconds']:.1f} s), ratio {r['rate'] / reference:.2f}, "
+                f"peak RSS {r['rss']:.0f} MB, release latency p50 {r['p50'] * 1000:.0f} ms "
+                f"p99 {r['p99'] * 1000:.0f} ms"
+            )
+    finally:
+        sink.terminate()
+
+
+if __name__ == "__main__":
+    main()

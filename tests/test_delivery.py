@@ -1,0 +1,262 @@
+"""The delivery engine end to end against a real SMTP server (aiosmtpd), on SQLite and PostgreSQL.
+
+Faults are injected per recipient; every recipient must end exactly as injected, none lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.config import Settings
+from bzi_broadcast.content import Announcement, parse_announcement
+from bzi_broadcast.delivery import control
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
+from bzi_broadcast.delivery.release import release
+from bzi_broadcast.service import Service
+from bzi_broadcast.store.schema import deliveries, subscribers, suppressions
+from bzi_broadcast.testing.smtp import Fault, FaultPlan, SmtpCapture
+
+from .test_store import add_subscribers
+
+T = TypeVar("T")
+
+
+def settings_for(database_url: str, port: int, **delivery: object) -> Settings:
+    base = Settings()
+    return base.model_copy(
+        update={
+            "database": base.database.model_copy(update={"url": database_url}),
+            "smtp": base.smtp.model_copy(
+                update={"port": port, "pool_size": 4, "rate_per_second": 10000, "burst": 1000}
+            ),
+            "delivery": base.delivery.model_copy(
+                update={
+                    "poll_interval": 0.05,
+                    "flush_interval": 0.05,
+                    "retry_base_delay": 0.05,
+                    "sweep_interval": 0.5,
+                    **delivery,
+                }
+            ),
+        }
+    )
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.05
+) -> T:
+    """Poll ``check`` (async, returns truthy when done) until it passes or time runs out."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(interval)
+
+
+async def statuses(engine: AsyncEngine) -> dict[str, str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(deliveries.c.recipient, deliveries.c.status))
+        return dict(rows.all())
+
+
+async def start_service(
+    engine: AsyncEngine, database_url: str, plan: FaultPlan, **delivery: object
+) -> tuple[Service, SmtpCapture, asyncio.Task[None]]:
+    smtp = await SmtpCapture(plan).start()
+    service = Service(settings_for(database_url, smtp.port, **delivery), engine=None)
+    task = asyncio.create_task(service.run())
+    return service, smtp, task
+
+
+async def stop_service(service: Service, smtp: SmtpCapture, task: asyncio.Task[None]) -> None:
+    service.stop()
+    await asyncio.wait_for(task, 30)
+    await smtp.stop()
+
+
+def example_announcement(**fields: object) -> Announcement:
+    data = {
+        "title": "Newsletter „Test“ ä",
+        "blocks": [{"type": "text", "text": "Hallo *Welt*"}],
+        **fields,
+    }
+    return parse_announcement(json.dumps(data), fmt="json")
+
+
+async def queue_now(engine: AsyncEngine) -> int:
+    from bzi_broadcast.store.announcements import Announcements
+
+    return await control.queue(
+        Announcements(engine),
+        example_announcement(),
+        at=datetime.now(UTC),
+        actor="test",
+        allow_past=True,
+    )
+
+
+async def test_every_recipient_gets_the_newsletter_once(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await add_subscribers(engine, 120)
+    service, smtp, task = await start_service(engine, database_url, FaultPlan())
+    try:
+        announcement_id = await queue_now(engine)
+        await smtp.handler.wait_for(120)
+        await wait_until(lambda: _status_is(engine, announcement_id, S.SENT))
+    finally:
+        await stop_service(service, smtp, task)
+    recipients = [r.recipient for r in smtp.received]
+    assert sorted(recipients) == sorted(f"person{i}@example.org" for i in range(120))
+    message = smtp.received[0].message()
+    assert message["Subject"] == "Newsletter „Test“ ä"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/abmelden/" in message["List-Unsubscribe"]
+    assert message["To"] == smtp.received[0].recipient
+
+
+async def _status_is(engine: AsyncEngine, announcement_id: int, status: S) -> bool:
+    from bzi_broadcast.store.announcements import Announcements
+
+    return (await Announcements(engine).get(announcement_id)).status == status
+
+
+async def test_injected_faults_end_exactly_as_injected(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await add_subscribers(engine, 60)
+
+    def choose(recipient: str) -> Fault | None:
+        number = int(recipient.removeprefix("person").split("@")[0])
+        if number % 10 == 1:
+            return Fault(stage="rcpt", code=451, times=2)  # temporary: retried to success
+        if number % 10 == 2:
+            return Fault(stage="rcpt", code=550, times=99)  # hard bounce: failed + suppressed
+        if number % 10 == 3:
+            return Fault(stage="data", code=554, times=99)  # permanent at DATA: failed
+        if number % 10 == 4:
+            return Fault(stage="drop", times=1)  # connection lost mid-DATA: unknown → retried
+        if number % 10 == 5:
+            return Fault(stage="data", code=452, times=1)  # temporary at DATA
+        return None
+
+    service, smtp, task = await start_service(engine, database_url, FaultPlan(choose=choose))
+    try:
+        announcement_id = await queue_now(engine)
+        await wait_until(lambda: _status_is(engine, announcement_id, S.PARTIALLY_FAILED))
+    finally:
+        await stop_service(service, smtp, task)
+    final = await statuses(engine)
+    failed = {f"person{i}@example.org" for i in range(60) if i % 10 in (2, 3)}
+    assert {r for r, s in final.items() if s == "failed"} == failed
+    assert {r for r, s in final.items() if s == "sent"} == set(final) - failed
+    received = [r.recipient for r in smtp.received]
+    assert sorted(received) == sorted(set(final) - failed)  # each exactly once
+    async with engine.connect() as conn:
+        bounced = set(
+            (
+                await conn.execute(
+                    select(subscribers.c.email).where(subscribers.c.status == "bounced")
+                )
+            ).scalars()
+        )
+        suppressed = (await conn.execute(select(suppressions.c.email_hash))).all()
+        attempts = dict(
+            (await conn.execute(select(deliveries.c.recipient, deliveries.c.attempts))).all()
+        )
+    assert bounced == {f"person{i}@example.org" for i in range(60) if i % 10 == 2}
+    assert len(suppressed) == len(bounced)
+    assert attempts["person1@example.org"] == 3
+    assert attempts["person4@example.org"] == 2
+
+
+async def test_retry_failed_requeues_and_delivers(engine: AsyncEngine, database_url: str) -> None:
+    await add_subscribers(engine, 5)
+    plan = FaultPlan(
+        choose=lambda r: (
+            Fault(stage="data", code=554, times=1) if r == "person3@example.org" else None
+        )
+    )
+    service, smtp, task = await start_service(engine, database_url, plan)
+    try:
+        announcement_id = await queue_now(engine)
+        await wait_until(lambda: _status_is(engine, announcement_id, S.PARTIALLY_FAILED))
+        assert await control.retry_failed(engine, announcement_id, actor="test") == 1
+        service.workers[0].wake()
+        await wait_until(lambda: _status_is(engine, announcement_id, S.SENT))
+    finally:
+        await stop_service(service, smtp, task)
+    assert sorted(r.recipient for r in smtp.received) == sorted(
+        f"person{i}@example.org" for i in range(5)
+    )
+
+
+async def test_channel_pauses_when_errors_exceed_the_rate(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await add_subscribers(engine, 40)
+    plan = FaultPlan(choose=lambda r: Fault(stage="rcpt", code=451, times=99))
+    service, smtp, task = await start_service(
+        engine, database_url, plan, pause_min_samples=10, pause_error_rate=0.5
+    )
+    try:
+        await queue_now(engine)
+        paused = await wait_until(lambda: control.paused_channels(engine))
+        assert "email" in paused
+        assert service.workers[0].paused
+        await control.set_paused(engine, "email", False, None)
+        await wait_until(lambda: _not_paused(service))
+    finally:
+        await stop_service(service, smtp, task)
+
+
+async def _not_paused(service: Service) -> bool:
+    return not service.workers[0].paused
+
+
+async def test_cancel_during_sending_stops_the_rest(engine: AsyncEngine, database_url: str) -> None:
+    await add_subscribers(engine, 300)
+    plan = FaultPlan(delay=0.02)
+    service, smtp, task = await start_service(engine, database_url, plan, window=20)
+    try:
+        announcement_id = await queue_now(engine)
+        await smtp.handler.wait_for(10)
+        await control.cancel(engine, announcement_id, actor="test")
+        count_at_cancel = len(smtp.received)
+        await wait_until(lambda: _no_sending(engine))
+    finally:
+        await stop_service(service, smtp, task)
+    final = await statuses(engine)
+    assert list(final.values()).count("cancelled") > 200
+    assert len(smtp.received) <= count_at_cancel + 20  # at most the in-flight window more
+    assert sum(1 for s in final.values() if s == "sent") == len(smtp.received)
+
+
+async def _no_sending(engine: AsyncEngine) -> bool:
+    return "sending" not in set((await statuses(engine)).values())
+
+
+async def test_expired_lease_returns_rows_to_the_queue(engine: AsyncEngine) -> None:
+    from bzi_broadcast.delivery.outbox import Outbox
+    from bzi_broadcast.store.announcements import Announcements
+
+    await add_subscribers(engine, 3)
+    announcement_id = await Announcements(engine).create(
+        example_announcement(), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+    )
+    await release(engine, announcement_id)
+    dead = Outbox(engine, worker_id="dead", lease=timedelta(seconds=1))
+    assert len(await dead.claim("email", 10)) == 3
+    alive = Outbox(engine, worker_id="alive", lease=timedelta(seconds=60))
+    assert await alive.claim("email", 10) == []
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    assert await alive.requeue_expired_leases(later) == 3
+    assert len(await alive.claim("email", 10, now=later)) == 3

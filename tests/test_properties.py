@@ -1,0 +1,176 @@
+"""Property tests over hostile text: emoji ZWJ sequences, combining marks, RTL scripts, Turkish and
+Arabic names, many and long URLs, HTML and Markdown metacharacters, CR/LF, very long words."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import regex
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bzi_broadcast.content import Announcement, parse_announcement
+from bzi_broadcast.errors import ContentError
+from bzi_broadcast.render import Renderer, ThreadLimits
+from bzi_broadcast.render import telegram_html as tg
+from bzi_broadcast.render.counting import URL_RE, mastodon_length
+from bzi_broadcast.render.thread import split_thread, strip_decorations
+
+PIECES = [
+    "👨‍👩‍👧‍👦",
+    "🏳️‍🌈",
+    "🇩🇪",
+    "🇹🇷",
+    "e\u0301",
+    "a\u0308\u0323",
+    "İstanbul",
+    "ığüşöç",
+    "Şükrü Öztürk",
+    "محمد العربي",
+    "مرحبا بالعالم",
+    "שלום עולם",
+    "Ελληνικά",
+    "日本語テキスト",
+    "Migrant*innen",
+    "_blank_",
+    "<script>alert(1)</script>",
+    "&amp;",
+    "&",
+    "<",
+    ">",
+    '"',
+    "'",
+    "**fett**",
+    "[x](y)",
+    "#Hashtag",
+    "@alice@example.social",
+    "@bob",
+    "\r\n",
+    "\n",
+    "\n\n",
+    "\r",
+    "\t",
+    " ",
+    "  ",
+    "https://example.org",
+    "https://example.org/a/very/long/path/" + "x" * 300 + "?q=1&r=2",
+    "http://bzi.example.org/termine#abc",
+    "Satz.",
+    "Frage?",
+    "Ausruf!",
+    "„Zitat“",
+    "…",
+    "x" * 700,
+    "Donaudampfschifffahrtsgesellschaftskapitän",
+    "\u200b",
+    "\u00a0",
+]
+hostile = st.lists(
+    st.one_of(st.sampled_from(PIECES), st.text(min_size=1, max_size=30)), min_size=1, max_size=40
+).map("".join)
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def collapsed(text: str) -> str:
+    """The characters in order: a split may turn a space into a post boundary or cut a word."""
+    return re.sub(r"\s+", "", text)
+
+
+def reference_length(text: str, url_length: int, spoiler: str = "") -> int:
+    """Mastodon's rule written independently: URLs fixed, remote mentions shortened, graphemes."""
+    replaced = URL_RE.sub("u" * url_length, text)
+    # Account::MENTION_RE = /(?<![=\/[:word:]])@((#{USERNAME_RE})(?:@[[:word:].-]+[[:word:]]+)?)/i
+    mention = r"(?<![=/\w])@([a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)(?:@[\w.-]+\w)"
+    replaced = regex.sub(mention, r"@\1", replaced, flags=regex.IGNORECASE)
+    return len(regex.findall(r"\X", spoiler)) + len(regex.findall(r"\X", replaced))
+
+
+@FAST
+@given(
+    text=hostile,
+    limit=st.integers(100, 1000),
+    url_length=st.integers(10, 40),
+    spoiler=st.sampled_from(["", "CW", "Politik 🗳️"]),
+)
+def test_every_mastodon_post_fits_and_nothing_is_lost(
+    text: str, limit: int, url_length: int, spoiler: str
+) -> None:
+    limits = ThreadLimits(max_characters=limit, url_length=url_length)
+    tags = ["Integration", "Teilhabe"]
+    if any(len(tag) > limit // 2 for tag in regex.findall(r"#\w+", text)):
+        return  # a hashtag longer than a post is refused (tested in test_counting)
+    posts = split_thread(text, limits=limits, spoiler_text=spoiler, hashtags=tags)
+    for post in posts:
+        length = mastodon_length(post, url_length=url_length, spoiler_text=spoiler)
+        assert length == reference_length(post, url_length, spoiler)
+        assert length <= limit
+    assert collapsed(strip_decorations(posts, tags)) == collapsed(text.replace("\r\n", "\n"))
+    whole_urls = {m.group(0) for m in URL_RE.finditer(text)}
+    found = {m.group(0) for post in posts for m in URL_RE.finditer(post)}
+    assert whole_urls <= found
+
+
+@FAST
+@given(
+    paragraphs=st.lists(hostile, min_size=1, max_size=8),
+    limit=st.integers(50, 4096),
+    wrap=st.lists(st.sampled_from(["", "b", "i", "blockquote", "u", "s"]), min_size=8, max_size=8),
+)
+def test_every_telegram_piece_parses_fits_and_nothing_is_lost(
+    paragraphs: list[str], limit: int, wrap: list[str]
+) -> None:
+    parts = []
+    for paragraph, tag in zip(paragraphs, wrap, strict=False):
+        body = tg.escape(paragraph)
+        parts.append(f"<{tag}>{body}</{tag}>" if tag else body)
+    source = "\n\n".join(parts)
+    whole = tg.parse(source).text
+    pieces = tg.split_message(source, limit=limit)
+    for piece in pieces:
+        assert tg.visible_length(piece) <= limit
+    assert collapsed(" ".join(tg.parse(p).text for p in pieces)) == collapsed(whole)
+
+
+@FAST
+@given(text=hostile)
+def test_escaped_text_arrives_literally_on_telegram(text: str) -> None:
+    assert tg.parse(tg.escape(text)).text == text.strip()
+
+
+def build(title: str, body: str) -> Announcement | None:
+    data = {
+        "title": title or "x",
+        "summary": body or None,
+        "blocks": [
+            {"type": "text", "text": body or "x"},
+            {"type": "quote", "speaker": title or "x", "text": body or "x"},
+        ],
+    }
+    try:
+        return parse_announcement(json.dumps(data), fmt="json")
+    except ContentError:
+        return None  # whitespace-only fields are refused, as they should be
+
+
+RENDERER = Renderer()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(title=hostile, body=hostile)
+def test_no_user_text_reaches_html_unescaped_and_headers_stay_single_line(
+    title: str, body: str
+) -> None:
+    announcement = build(title, body)
+    if announcement is None:
+        return
+    r = RENDERER.render(announcement, channels=("email", "mastodon", "telegram", "web"))
+    assert r.email and r.telegram and r.mastodon and r.web
+    assert "\n" not in r.email.subject and "\r" not in r.email.subject
+    assert "\n" not in r.email.preheader
+    for html in (r.email.html, r.web.html):
+        assert "<script>" not in html
+    for message in r.telegram.messages:
+        assert tg.visible_length(message.text) <= (1024 if message.photo else 4096)
+    for post in r.mastodon.posts:
+        assert post.length <= 500
