@@ -64,6 +64,9 @@ def _write_atomically(path: Path, text: str) -> None:
             "w", encoding="utf-8", dir=directory, suffix=".tmp", delete=False
         ) as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)  # a temporary file is private; the page is not
         os.replace(handle.name, path)
     except OSError as exc:
         message = _("{path} kann nicht geschrieben werden: {reason}")

@@ -111,4 +111,4 @@ async def paused_channels(engine: AsyncEngine) -> dict[str, str | None]:
         rows = await conn.execute(
             select(channel_state.c.channel, channel_state.c.reason).where(channel_state.c.paused)
         )
-        return dict(rows.tuples().all())
+        return {row.channel: row.reason for row in rows}

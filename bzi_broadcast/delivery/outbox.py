@@ -117,6 +117,16 @@ class Outbox:
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount
 
+    async def unclaim(self, ids: Sequence[int]) -> int:
+        """Return claimed rows that were not attempted to the queue at once."""
+        query = (
+            update(deliveries)
+            .where(deliveries.c.id.in_(list(ids)), deliveries.c.status == str(D.SENDING))
+            .values(status=str(D.QUEUED), lease_until=None, worker=None)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount
+
     async def release_mine(self) -> int:
         """On shutdown: hand this worker's unsent claims back at once instead of at lease end."""
         query = (

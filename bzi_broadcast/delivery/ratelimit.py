@@ -18,7 +18,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.errors import TransientError
-from bzi_broadcast.i18n import N_
 from bzi_broadcast.store.schema import rate_limits
 
 

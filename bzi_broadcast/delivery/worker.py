@@ -134,13 +134,19 @@ class Worker:
 
     async def _send_batch(self, batch: list[Claimed]) -> None:
         slots = asyncio.Semaphore(self.channel.concurrency)
+        skipped: list[int] = []
 
         async def one(item: Claimed) -> None:
             async with slots:
-                if not self._stopping.is_set() and not self.paused:
+                if self._stopping.is_set() or self.paused:
+                    skipped.append(item.id)
+                else:
                     await self._deliver(item)
 
         await asyncio.gather(*(one(item) for item in batch))
+        if skipped:  # paused or stopping mid-batch: hand the rest back now, not at lease end
+            await self.flush()
+            await self._outbox.unclaim(skipped)
 
     async def _deliver(self, item: Claimed) -> None:
         attempts = item.attempts + 1

@@ -152,9 +152,11 @@ class Announcements:
             return list((await conn.execute(query)).scalars())
 
     async def count_by_status(self) -> dict[str, int]:
-        query = select(announcements.c.status, func.count()).group_by(announcements.c.status)
+        query = select(announcements.c.status, func.count().label("count")).group_by(
+            announcements.c.status
+        )
         async with self._engine.connect() as conn:
-            return dict((await conn.execute(query)).tuples().all())
+            return {row.status: row.count for row in await conn.execute(query)}
 
 
 async def transition(
