@@ -73,6 +73,11 @@ async def bulk_subscribers(engine: AsyncEngine, count: int) -> None:
         )
 
 
+async def exited(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """Wait for a child without blocking the loop that runs the SMTP server it talks to."""
+    return await asyncio.wait_for(asyncio.to_thread(process.wait), timeout)
+
+
 async def sent_count(engine: AsyncEngine, announcement_id: int) -> int:
     async with engine.connect() as conn:
         return int(
@@ -109,13 +114,13 @@ async def test_sigkill_mid_send_loses_nothing(
             target = len(smtp.received) + 2000
             await until(partial(_at_least, smtp, target), timeout=120)
             process.send_signal(signal.SIGKILL)
-            process.wait(10)
+            await exited(process)
         process = serve(database_url, smtp.port, tmp_path)
         try:
             await until(lambda: _is(engine, announcement_id, S.SENT), timeout=300)
         finally:
             process.send_signal(signal.SIGTERM)
-            assert process.wait(60) == 0
+            assert await exited(process) == 0
     counts = Counter(r.recipient for r in smtp.received)
     assert set(counts) == {f"r{i}@example.org" for i in range(total)}
     duplicates = sum(n - 1 for n in counts.values())
@@ -156,7 +161,7 @@ async def test_two_processes_on_postgresql_send_once(pg_database_url: str, tmp_p
             finally:
                 for process in processes:
                     process.send_signal(signal.SIGTERM)
-                assert [p.wait(60) for p in processes] == [0, 0]
+                assert [await exited(p) for p in processes] == [0, 0]
         counts = Counter(r.recipient for r in smtp.received)
         assert len(counts) == total
         assert max(counts.values()) == 1
@@ -176,6 +181,3 @@ async def test_two_processes_on_postgresql_send_once(pg_database_url: str, tmp_p
         assert workers == 2  # both processes took part
     finally:
         await engine.dispose()
-
-
-_ = asyncio

@@ -107,7 +107,7 @@ class MessageTemplate:
         root["Date"] = format_datetime(date or datetime.now(UTC))
         root["List-Id"] = f"<{_single_line(list_id, 'list id')}>"
         buffer = io.BytesIO()
-        BytesGenerator(buffer, policy=SMTP).flatten(root)
+        BytesGenerator(buffer, policy=SMTP).flatten(root)  # type: ignore[arg-type]
         mailto = None
         if unsubscribe_mailto:
             mailto = f"<mailto:{_single_line(unsubscribe_mailto, 'mailto')}?subject=unsubscribe>"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import bzi_broadcast.render.telegram_html as telegram_html
 from bzi_broadcast.content.model import Announcement
-from bzi_broadcast.render import telegram_html
 from bzi_broadcast.render.context import RenderContext, tidy
 from bzi_broadcast.render.counting import mastodon_length
 from bzi_broadcast.render.renditions import (

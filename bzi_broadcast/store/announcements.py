@@ -156,7 +156,7 @@ class Announcements:
             announcements.c.status
         )
         async with self._engine.connect() as conn:
-            return {row.status: row.count for row in await conn.execute(query)}
+            return {str(row[0]): int(row[1]) for row in await conn.execute(query)}
 
 
 async def transition(
