@@ -7,11 +7,11 @@ from email.parser import HeaderParser
 from html.parser import HTMLParser
 
 import pytest
-from bzi_broadcast.render.counting import mastodon_length
 
 from bzi_broadcast.content import Announcement, parse_announcement
 from bzi_broadcast.i18n import use_locale
 from bzi_broadcast.render import Renderer, ThreadLimits, telegram_html
+from bzi_broadcast.render.counting import mastodon_length
 from bzi_broadcast.render.renditions import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
 
 HOSTILE = '<script>alert("x")</script> & Migrant*innen _blank_ <b>fett</b> &amp; "q" \'s\''

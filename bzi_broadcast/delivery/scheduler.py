@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -78,7 +78,7 @@ class Scheduler:
     async def sweep(self) -> None:
         """Release everything due, and let the caller expire what ran out."""
         try:
-            for announcement_id in await self._announcements.due(utcnow() + timedelta(seconds=1)):
+            for announcement_id in await self._announcements.due(utcnow()):
                 await self._fire(announcement_id)
             if self._on_sweep:
                 await self._on_sweep()
