@@ -216,3 +216,32 @@ def test_retry_policy_backs_off_with_jitter_and_honours_server_delay() -> None:
     assert 50 <= delays[3] <= 80
     assert policy.next_attempt(5, now) is None
     assert policy.next_attempt(1, now, retry_after=42) == now + timedelta(seconds=42)
+
+
+def test_example_configuration_documents_every_option_with_its_default() -> None:
+    from bzi_broadcast.config import Settings, load_settings
+
+    example = Path(__file__).resolve().parents[1] / "config" / "bzi-broadcast.example.toml"
+    assert load_settings(example, {}) == Settings()
+    text = example.read_text(encoding="utf-8")
+    for section, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            assert f"[{section}]" in text
+            for key in annotation.model_fields:
+                assert f"{key} =" in text, f"{section}.{key} is not documented"
+
+
+def test_configuration_problems_name_the_setting(tmp_path: Path) -> None:
+    from bzi_broadcast.config import load_settings
+    from bzi_broadcast.errors import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[smtp]\nport = 'abc'\ncolour = 'red'\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(bad, {"BZI_SECURITY_SECRET_KEY_FILE": str(tmp_path / "missing")})
+    assert "BZI_SECURITY_SECRET_KEY_FILE" in caught.value.message
+    with pytest.raises(ConfigError) as caught:
+        load_settings(bad, {})
+    assert "smtp.port" in caught.value.message
+    assert "smtp.colour: unbekannte Einstellung" in caught.value.message
