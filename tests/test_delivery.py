@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -262,3 +263,74 @@ async def test_expired_lease_returns_rows_to_the_queue(engine: AsyncEngine) -> N
     later = datetime.now(UTC) + timedelta(seconds=2)
     assert await alive.requeue_expired_leases(later) == 3
     assert len(await alive.claim("email", 10, now=later)) == 3
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_tls_and_auth_are_used(security: str, tls_files: tuple[str, str]) -> None:
+    import ssl
+
+    from bzi_broadcast.channels.smtp import SmtpPool, SmtpServer
+    from bzi_broadcast.errors import ChannelAuthError
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*tls_files)
+    async with SmtpCapture(
+        tls=context, implicit_tls=security == "tls", credentials=("bzi", "geheim")
+    ) as smtp:
+        good = SmtpPool(
+            SmtpServer(
+                port=smtp.port,
+                security=security,  # type: ignore[arg-type]
+                username="bzi",
+                password="geheim",
+                verify_tls=False,
+            )
+        )
+        await good.send("news@example.org", "a@example.org", b"Subject: x\r\n\r\nHallo\r\n")
+        await good.send("news@example.org", "b@example.org", b"Subject: y\r\n\r\nHallo\r\n")
+        await good.aclose()
+        wrong = SmtpPool(
+            SmtpServer(
+                port=smtp.port,
+                security=security,  # type: ignore[arg-type]
+                username="bzi",
+                password="falsch",
+                verify_tls=False,
+            )
+        )
+        with pytest.raises(ChannelAuthError):
+            await wrong.send("news@example.org", "c@example.org", b"Subject: z\r\n\r\nx\r\n")
+        await wrong.aclose()
+    assert [r.recipient for r in smtp.received] == ["a@example.org", "b@example.org"]
+    assert "password='geheim'" not in repr(SmtpServer(password="geheim"))

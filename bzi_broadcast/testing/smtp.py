@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,27 +120,59 @@ def _reply(code: int, text: str) -> str:
 
 
 class SmtpCapture:
-    """The server itself: ``async with SmtpCapture() as smtp: ... smtp.port ...``."""
+    """The server itself: ``async with SmtpCapture() as smtp: ... smtp.port ...``.
 
-    def __init__(self, plan: FaultPlan | None = None, host: str = "127.0.0.1", port: int = 0):
+    ``tls`` is a server context: with ``implicit_tls`` the socket speaks TLS from the start
+    (port 465 style), otherwise STARTTLS is offered and required. ``credentials`` requires AUTH.
+    """
+
+    def __init__(
+        self,
+        plan: FaultPlan | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.handler = CaptureHandler(plan)
         self.host = host
         self.port = port
+        self._tls = tls
+        self._implicit_tls = implicit_tls
+        self._credentials = credentials
         self._server: asyncio.Server | None = None
 
     async def start(self) -> SmtpCapture:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.host, self.port)
+        context = self._tls if self._implicit_tls else None
+        self._server = await loop.create_server(self._protocol, self.host, self.port, ssl=context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     def _protocol(self) -> SMTP:
+        starttls = self._tls if self._tls and not self._implicit_tls else None
         return SMTP(
             self.handler,
             hostname="capture.local",
             enable_SMTPUTF8=True,
             data_size_limit=10 * 1024 * 1024,
+            tls_context=starttls,
+            require_starttls=starttls is not None,
+            authenticator=self._authenticate if self._credentials else None,
+            auth_required=self._credentials is not None,
+            auth_require_tls=starttls is not None,  # implicit TLS is encrypted from the start
         )
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        valid = isinstance(data, LoginPassword) and self._credentials == (
+            data.login.decode(),
+            data.password.decode(),
+        )
+        return AuthResult(success=valid, handled=False)
 
     async def stop(self) -> None:
         if self._server:
