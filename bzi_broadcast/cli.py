@@ -57,7 +57,11 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     status = add("status", ops.run_status, _("zeigt den Versandstand"))
     status.add_argument("id", type=int, nargs="?", metavar="ID")
     status.add_argument("--json", action="store_true", help=_("maschinenlesbar als JSON ausgeben"))
-    status.add_argument("--watch", action="store_true", help=_("Fortschrittsbalken bis zum Ende"))
+    status.add_argument(
+        "--once",
+        action="store_true",
+        help=_("nur einmal ausgeben, auch im Terminal (sonst live bis zum Ende)"),
+    )
     cancel = add("cancel", ops.run_cancel, _("bricht eine Ankündigung ab"))
     cancel.add_argument("id", type=int, metavar="ID")
     retry = add(

@@ -129,7 +129,7 @@ def run_status(args: argparse.Namespace) -> int:
     async def work(engine: AsyncEngine) -> list[dict[str, Any]]:
         return await _status(engine, args.id)
 
-    if args.watch and sys.stdout.isatty() and args.id is not None and not args.json:
+    if sys.stdout.isatty() and args.id is not None and not (args.json or args.once):
         return _watch(args)
     rows = with_engine(args, work)
     if args.json:

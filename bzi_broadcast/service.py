@@ -29,6 +29,8 @@ from bzi_broadcast.delivery.release import release
 from bzi_broadcast.delivery.retry import RetryPolicy
 from bzi_broadcast.delivery.scheduler import Scheduler
 from bzi_broadcast.delivery.worker import Worker, WorkerSettings
+from bzi_broadcast.errors import BroadcastError, DeliveryError
+from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
@@ -137,6 +139,13 @@ class Service:
 
     async def run(self) -> None:
         await migrate(self.engine)
+        try:
+            await self.email.check()
+        except DeliveryError as exc:
+            await self.engine.dispose()
+            raise BroadcastError(
+                _("E-Mail-Versand nicht möglich: {reason}").format(reason=exc.message)
+            ) from None
         await load_bucket(self.engine, self.email.bucket)
         await self.outbox.requeue_expired_leases()
         await self.scheduler.start()

@@ -245,3 +245,22 @@ def test_configuration_problems_name_the_setting(tmp_path: Path) -> None:
         load_settings(bad, {})
     assert "smtp.port" in caught.value.message
     assert "smtp.colour: unbekannte Einstellung" in caught.value.message
+
+
+def test_serve_refuses_to_start_without_a_mail_server(database_url: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bzi_broadcast", "serve"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "BZI_DATABASE_URL": database_url,
+            "BZI_SMTP_PORT": "1",
+            "BZI_SMTP_TIMEOUT": "2",
+        },
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "E-Mail-Versand nicht möglich" in result.stderr
+    assert "Traceback" not in result.stderr

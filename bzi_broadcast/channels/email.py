@@ -87,6 +87,10 @@ class EmailChannel:
         root = self._settings.image_root or Path.cwd()
         return (root / path).read_bytes()
 
+    async def check(self) -> None:
+        """Fail fast at start when the mail server cannot be reached or refuses the login."""
+        await self._pool.check()
+
     async def aclose(self) -> None:
         await self._pool.aclose()
 

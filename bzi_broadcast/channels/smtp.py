@@ -103,6 +103,11 @@ class SmtpPool:
             raise TransientError(f"SMTP {s.host}:{s.port} nicht erreichbar: {exc}") from exc
         return connection
 
+    async def check(self) -> None:
+        """Connect (and log in) once; raise ``TransientError`` or ``ChannelAuthError`` if not."""
+        connection = await self._connect()
+        await self._checkin(connection, reusable=True)
+
     async def aclose(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
