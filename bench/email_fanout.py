@@ -98,12 +98,19 @@ def reference_rate(count: int, size: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def prepare(url: str, count: int) -> int:
+async def prepare(url: str, count: int, *, schedule: bool = True) -> int | None:
     engine = create_engine(url)
     await migrate(engine)
+    await engine.dispose()
+    await add_readers(url, 0, count)
+    return await schedule_example(url) if schedule else None
+
+
+async def add_readers(url: str, start: int, stop: int) -> None:
+    engine = create_engine(url)
     now = datetime.now(UTC)
     async with engine.begin() as conn:
-        for start in range(0, count, 20000):
+        for first in range(start, stop, 20000):
             await conn.execute(
                 insert(subscribers),
                 [
@@ -115,15 +122,19 @@ async def prepare(url: str, count: int) -> int:
                         "created_at": now,
                         "updated_at": now,
                     }
-                    for i in range(start, min(count, start + 20000))
+                    for i in range(first, min(stop, first + 20000))
                 ],
             )
-    store = Announcements(engine)
-    announcement_id = await store.create(
+    await engine.dispose()
+
+
+async def schedule_example(url: str, delay: float = 3.0) -> int:
+    engine = create_engine(url)
+    announcement_id = await Announcements(engine).create(
         load_announcement(EXAMPLE),
         actor="bench",
         status=AnnouncementStatus.SCHEDULED,
-        publish_at=datetime.now(UTC) + timedelta(seconds=3),
+        publish_at=datetime.now(UTC) + timedelta(seconds=delay),
     )
     await engine.dispose()
     return announcement_id
@@ -215,35 +226,57 @@ async def release_latencies(url: str, rounds: int = 20) -> list[float]:
 
 
 async def run_one(kind: str, url: str, count: int, workers: int) -> dict[str, float]:
-    announcement_id = await prepare(url, count)
+    """Release latency first (20 small announcements to 10 readers), then the big fan-out."""
+    await prepare(url, 10, schedule=False)
     with tempfile.TemporaryDirectory() as tmp:
         processes = [serve(url, Path(tmp), i) for i in range(workers)]
         try:
-            while True:
-                await asyncio.sleep(1)
-                status, released, _first, last, sent = await progress(url, announcement_id)
-                print(f"  {kind}: {status} {sent}/{count}", end="\r", flush=True)
-                if status in ("sent", "partially_failed"):
-                    break
-                if any(p.poll() is not None for p in processes):
-                    sys.exit(f"serve exited early; see {tmp}/serve*.log")
-            rss = max(peak_rss_mb(p.pid) for p in processes)
             latencies = await release_latencies(url)
+            await add_readers(url, 10, count)
+            announcement_id = await schedule_example(url)
+            publish_at, released, first, last, sent = await wait_sent(
+                url, announcement_id, count, kind, processes
+            )
+            rss = max(peak_rss_mb(p.pid) for p in processes)
         finally:
             for p in processes:
                 p.send_signal(signal.SIGTERM)
             for p in processes:
                 p.wait(60)
-    assert released is not None
-    assert last is not None
     seconds = (last - released).total_seconds()
+    latencies.append((first - publish_at).total_seconds())
     return {
         "rate": sent / seconds,
         "seconds": seconds,
         "rss": rss,
         "p50": statistics.median(latencies),
-        "p99": max(latencies),
+        "p99": statistics.quantiles(latencies, n=100)[98],
     }
+
+
+async def wait_sent(
+    url: str, announcement_id: int, count: int, kind: str, processes: list[subprocess.Popen[bytes]]
+) -> tuple[datetime, datetime, datetime, datetime, int]:
+    while True:
+        await asyncio.sleep(1)
+        status, released, first, last, sent = await progress(url, announcement_id)
+        print(f"  {kind}: {status} {sent}/{count}", end="\r", flush=True)
+        if status in ("sent", "partially_failed"):
+            break
+        if any(p.poll() is not None for p in processes):
+            sys.exit("serve exited early; see its log")
+    engine = create_engine(url)
+    async with engine.connect() as conn:
+        publish_at = (
+            await conn.execute(
+                select(announcements.c.publish_at).where(announcements.c.id == announcement_id)
+            )
+        ).scalar_one()
+    await engine.dispose()
+    assert released is not None
+    assert first is not None
+    assert last is not None
+    return publish_at, released, first, last, sent
 
 
 async def fresh_pg_database(name: str) -> str:

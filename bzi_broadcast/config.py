@@ -71,7 +71,7 @@ class DeliverySettings(_Section):
     flush_size: int = Field(default=100, ge=1)
     lease_seconds: float = Field(default=300.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
-    sweep_interval: float = Field(default=30.0, gt=0)
+    sweep_interval: float = Field(default=1.0, gt=0)
     pause_error_rate: float = Field(default=0.5, gt=0, le=1)
     pause_min_samples: int = Field(default=50, ge=1)
     max_attempts: int = Field(default=12, ge=1)

@@ -142,6 +142,26 @@ async def test_scheduler_fires_release_at_publish_time(engine: AsyncEngine) -> N
     assert datetime.now(UTC) >= soon
 
 
+async def test_announcement_queued_elsewhere_is_released_on_time(engine: AsyncEngine) -> None:
+    store = Announcements(engine)
+    fired: dict[int, datetime] = {}
+
+    async def release(announcement_id: int) -> None:
+        fired[announcement_id] = datetime.now(UTC)
+
+    scheduler = Scheduler(store, release, sweep_interval=0.5)
+    await scheduler.start()
+    try:
+        publish_at = datetime.now(UTC) + timedelta(seconds=1.5)
+        new_id = await store.create(
+            example_announcement(), actor="other process", status=S.SCHEDULED, publish_at=publish_at
+        )
+        await wait_until(lambda: _contains(list(fired), new_id), timeout=10)
+    finally:
+        scheduler.shutdown()
+    assert timedelta(0) <= fired[new_id] - publish_at < timedelta(seconds=0.3)
+
+
 async def _contains(items: list[int], item: int) -> bool:
     return item in items
 

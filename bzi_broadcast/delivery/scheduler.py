@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -36,6 +36,7 @@ class Scheduler:
         self._announcements = announcements
         self._release = release
         self._on_sweep = on_sweep
+        self._ahead = timedelta(seconds=max(5.0, 2 * sweep_interval))
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._scheduler.add_job(
             self.sweep,
@@ -76,10 +77,18 @@ class Scheduler:
             log.exception("release failed announcement_id=%s", announcement_id)
 
     async def sweep(self) -> None:
-        """Release everything due, and let the caller expire what ran out."""
+        """Release what is due; plan exact jobs for what is due soon (queued by another process).
+
+        Announcements written by the CLI, the web or another replica reach this scheduler here:
+        those due within the look-ahead get a date job and are released on the second.
+        """
         try:
-            for announcement_id in await self._announcements.due(utcnow()):
-                await self._fire(announcement_id)
+            now = utcnow()
+            for announcement_id, publish_at in await self._announcements.due(now + self._ahead):
+                if publish_at <= now:
+                    await self._fire(announcement_id)
+                elif self._scheduler.get_job(f"release-{announcement_id}") is None:
+                    self.schedule(announcement_id, publish_at)
             if self._on_sweep:
                 await self._on_sweep()
         except Exception:

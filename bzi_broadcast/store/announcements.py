@@ -142,14 +142,14 @@ class Announcements:
                 conn, announcement_id, target, actor=actor, detail=detail, **values
             )
 
-    async def due(self, now: datetime) -> list[int]:
-        """Scheduled announcements whose time has come."""
-        query = select(announcements.c.id).where(
+    async def due(self, until: datetime) -> list[tuple[int, datetime]]:
+        """Scheduled announcements to be published by ``until``, with their times."""
+        query = select(announcements.c.id, announcements.c.publish_at).where(
             announcements.c.status == str(AnnouncementStatus.SCHEDULED),
-            announcements.c.publish_at <= now,
+            announcements.c.publish_at <= until,
         )
         async with self._engine.connect() as conn:
-            return list((await conn.execute(query)).scalars())
+            return [(row.id, row.publish_at) for row in await conn.execute(query)]
 
     async def count_by_status(self) -> dict[str, int]:
         query = select(announcements.c.status, func.count().label("count")).group_by(
