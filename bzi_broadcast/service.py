@@ -25,7 +25,7 @@ from bzi_broadcast.config import Settings
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.outbox import Claimed, Outbox
 from bzi_broadcast.delivery.ratelimit import RateLimit, TokenBucket, load_bucket, save_bucket
-from bzi_broadcast.delivery.release import release
+from bzi_broadcast.delivery.release import continue_fan_out, incomplete_fan_outs, release
 from bzi_broadcast.delivery.retry import RetryPolicy
 from bzi_broadcast.delivery.scheduler import Scheduler
 from bzi_broadcast.delivery.worker import Worker, WorkerSettings
@@ -109,15 +109,39 @@ class Service:
             on_sweep=self._housekeeping,
         )
         self._stopped = asyncio.Event()
+        self._fan_outs: dict[int, asyncio.Task[None]] = {}
 
     async def _release(self, announcement_id: int) -> None:
         written = await release(self.engine, announcement_id)
         if written is not None:
-            log.info("released announcement_id=%s deliveries=%s", announcement_id, written)
-            for worker in self.workers:
-                worker.wake()
+            log.info("released announcement_id=%s first_chunk=%s", announcement_id, written)
+            self._wake_workers()
+            self._fan_out_in_background(announcement_id)
+
+    def _wake_workers(self) -> None:
+        for worker in self.workers:
+            worker.wake()
+
+    def _fan_out_in_background(self, announcement_id: int) -> None:
+        """Write the remaining chunks while the workers already send the first ones."""
+        if announcement_id in self._fan_outs:
+            return
+        task = asyncio.create_task(self._fan_out(announcement_id))
+        self._fan_outs[announcement_id] = task
+        task.add_done_callback(lambda _t: self._fan_outs.pop(announcement_id, None))
+
+    async def _fan_out(self, announcement_id: int) -> None:
+        try:
+            while await continue_fan_out(self.engine, announcement_id) is not None:
+                self._wake_workers()
+        except Exception:
+            log.exception(
+                "fan-out interrupted announcement_id=%s (the sweep resumes it)", announcement_id
+            )
 
     async def _housekeeping(self) -> None:
+        for announcement_id in await incomplete_fan_outs(self.engine):
+            self._fan_out_in_background(announcement_id)  # after a crash or another replica's
         await control.expire_due(self.engine)
         await self.outbox.requeue_expired_leases()
         paused = await control.paused_channels(self.engine)
@@ -159,6 +183,9 @@ class Service:
             await self._stopped.wait()
         finally:
             self.scheduler.shutdown()
+            for task in list(self._fan_outs.values()):
+                task.cancel()  # its chunk transaction rolls back; the next start resumes it
+            await asyncio.gather(*self._fan_outs.values(), return_exceptions=True)
             for worker in self.workers:
                 worker.stop()
             await asyncio.gather(*tasks, return_exceptions=True)

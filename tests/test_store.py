@@ -210,3 +210,27 @@ async def test_cancel_stops_undelivered_rows(engine: AsyncEngine) -> None:
     assert (await store.get(new_id)).status == S.CANCELLED
     with pytest.raises(TransitionError):
         await control.cancel(engine, new_id, actor="t")
+
+
+async def test_fan_out_in_chunks_writes_every_row_once(engine: AsyncEngine) -> None:
+    from bzi_broadcast.delivery.outbox import Outbox
+    from bzi_broadcast.delivery.release import continue_fan_out, fan_out_completely
+
+    await add_subscribers(engine, 50)
+    store = Announcements(engine)
+    new_id = await store.create(
+        announcement(), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+    )
+    assert await release(engine, new_id, chunk=7) == {"email": 7}
+    assert await count_rows(engine, new_id) == 7
+    outbox = Outbox(engine, worker_id="w", lease=timedelta(minutes=1))
+    assert await outbox.finish_announcements() == []  # not finished while fanning out
+    # Replicas on PostgreSQL may continue the same fan-out at once (the row lock makes them take
+    # turns); SQLite has one process per file, which continues each fan-out once.
+    parallel = 4 if engine.dialect.name == "postgresql" else 1
+    results = await asyncio.gather(
+        *(fan_out_completely(engine, new_id, chunk=7) for _ in range(parallel))
+    )
+    assert sum(results) == 43
+    assert await count_rows(engine, new_id) == 50
+    assert await continue_fan_out(engine, new_id, chunk=7) is None

@@ -144,7 +144,9 @@ class Outbox:
             deliveries.c.status.in_([str(D.QUEUED), str(D.SENDING)]),
         )
         done = select(announcements.c.id).where(
-            announcements.c.status == str(AnnouncementStatus.SENDING), ~open_rows.exists()
+            announcements.c.status == str(AnnouncementStatus.SENDING),
+            announcements.c.fanout_cursor.is_(None),
+            ~open_rows.exists(),
         )
         finished: list[tuple[int, AnnouncementStatus]] = []
         async with self._engine.begin() as conn:

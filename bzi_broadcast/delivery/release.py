@@ -1,18 +1,34 @@
-"""Release: one conditional status change and one set-based INSERT … SELECT per channel.
+"""Release: one conditional status change, then set-based INSERT … SELECT per channel, in chunks.
 
 Idempotent by construction: only the transaction that moves the announcement from ``scheduled``
-to ``sending`` writes delivery rows, and the unique key (announcement, channel, recipient) makes a
+to ``sending`` starts the fan-out, and the unique key (announcement, channel, recipient) makes a
 second write impossible anyway. Two firings, or two processes on one PostgreSQL database, release
 once.
+
+The fan-out walks the subscriber ids in chunks (``fanout_cursor`` on the announcement, NULL when
+done), each chunk one transaction that also moves the cursor, so the first messages go out while
+a large list is still being written, and a crash mid-fan-out resumes where it stopped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, and_, exists, insert, literal, not_, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    and_,
+    exists,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
 from bzi_broadcast.store.announcements import transition, utcnow
@@ -24,8 +40,10 @@ from bzi_broadcast.store.schema import (
     subscribers,
 )
 
-FanOut = Callable[[int, datetime], Insert]
-"""Builds the INSERT … SELECT that writes one channel's delivery rows for an announcement."""
+FanOut = Callable[[int, datetime, int, int | None], Insert]
+"""Builds the INSERT … SELECT of one channel's delivery rows for the subscribers with
+``lower < id <= upper`` (``upper`` None: no upper bound)."""
+FANOUT_CHUNK = 5000
 
 
 def _topic_match(announcement_id: int) -> ColumnElement[bool]:
@@ -40,7 +58,12 @@ def _topic_match(announcement_id: int) -> ColumnElement[bool]:
     return or_(not_(wanted), not_(chosen), shared)
 
 
-def email_fan_out(announcement_id: int, now: datetime) -> Insert:
+def _in_chunk(lower: int, upper: int | None) -> ColumnElement[bool]:
+    above = subscribers.c.id > lower
+    return above if upper is None else and_(above, subscribers.c.id <= upper)
+
+
+def email_fan_out(announcement_id: int, now: datetime, lower: int, upper: int | None) -> Insert:
     rows = select(
         literal(announcement_id),
         literal("email"),
@@ -49,7 +72,9 @@ def email_fan_out(announcement_id: int, now: datetime) -> Insert:
         literal(str(DeliveryStatus.QUEUED)),
         literal(0),
         literal(now, type_=deliveries.c.next_attempt_at.type),
-    ).where(and_(subscribers.c.status == "active", _topic_match(announcement_id)))
+    ).where(
+        subscribers.c.status == "active", _in_chunk(lower, upper), _topic_match(announcement_id)
+    )
     columns = [
         "announcement_id",
         "channel",
@@ -72,8 +97,9 @@ async def release(
     fan_outs: Mapping[str, FanOut] = DEFAULT_FAN_OUTS,
     actor: str = "scheduler",
     now: datetime | None = None,
+    chunk: int = FANOUT_CHUNK,
 ) -> dict[str, int] | None:
-    """Release a due announcement; the rows written per channel, or None if not released here."""
+    """Release a due announcement and write its first chunk; None if not released here."""
     now = now or utcnow()
     not_expired = or_(announcements.c.expires_at.is_(None), announcements.c.expires_at > now)
     async with engine.begin() as conn:
@@ -83,6 +109,7 @@ async def release(
             AnnouncementStatus.SENDING,
             actor=actor,
             released_at=now,
+            fanout_cursor=0,
             extra_condition=and_(
                 announcements.c.status == str(AnnouncementStatus.SCHEDULED),
                 announcements.c.publish_at <= now,
@@ -91,7 +118,74 @@ async def release(
         )
         if not released:
             return None
-        return {
-            channel: (await conn.execute(build(announcement_id, now))).rowcount
-            for channel, build in fan_outs.items()
-        }
+        return await _chunk(conn, announcement_id, 0, fan_outs, chunk, now)
+
+
+async def continue_fan_out(
+    engine: AsyncEngine,
+    announcement_id: int,
+    *,
+    fan_outs: Mapping[str, FanOut] = DEFAULT_FAN_OUTS,
+    chunk: int = FANOUT_CHUNK,
+) -> dict[str, int] | None:
+    """Write the next chunk; None when the fan-out is complete (or not this announcement's)."""
+    async with engine.begin() as conn:
+        cursor = (
+            await conn.execute(
+                select(announcements.c.fanout_cursor)
+                .where(
+                    announcements.c.id == announcement_id,
+                    announcements.c.status == str(AnnouncementStatus.SENDING),
+                )
+                .with_for_update()  # replicas continuing the same fan-out take turns
+            )
+        ).scalar_one_or_none()
+        if cursor is None:
+            return None
+        return await _chunk(conn, announcement_id, cursor, fan_outs, chunk, utcnow())
+
+
+async def fan_out_completely(engine: AsyncEngine, announcement_id: int, **options: Any) -> int:
+    """Continue until done; the number of rows written."""
+    written = 0
+    while (counts := await continue_fan_out(engine, announcement_id, **options)) is not None:
+        written += sum(counts.values())
+    return written
+
+
+async def incomplete_fan_outs(engine: AsyncEngine) -> list[int]:
+    query = select(announcements.c.id).where(
+        announcements.c.status == str(AnnouncementStatus.SENDING),
+        announcements.c.fanout_cursor.is_not(None),
+    )
+    async with engine.connect() as conn:
+        return list((await conn.execute(query)).scalars())
+
+
+async def _chunk(
+    conn: AsyncConnection,
+    announcement_id: int,
+    lower: int,
+    fan_outs: Mapping[str, FanOut],
+    chunk: int,
+    now: datetime,
+) -> dict[str, int]:
+    upper = (
+        await conn.execute(
+            select(subscribers.c.id)
+            .where(subscribers.c.id > lower)
+            .order_by(subscribers.c.id)
+            .offset(chunk - 1)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    counts = {
+        channel: (await conn.execute(build(announcement_id, now, lower, upper))).rowcount
+        for channel, build in fan_outs.items()
+    }
+    await conn.execute(
+        update(announcements)
+        .where(announcements.c.id == announcement_id)
+        .values(fanout_cursor=upper)  # NULL: the last chunk is written
+    )
+    return counts

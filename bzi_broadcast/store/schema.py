@@ -78,6 +78,7 @@ announcements = Table(
     Column("expires_at", UTCDateTime()),
     Column("released_at", UTCDateTime()),
     Column("finished_at", UTCDateTime()),
+    Column("fanout_cursor", Id),  # last subscriber id fanned out; NULL when done
     _now_column("created_at"),
     _now_column("updated_at"),
     Index(None, "status", "publish_at"),

@@ -1,0 +1,27 @@
+"""fan-out in chunks: a cursor on each announcement
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("announcements", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("fanout_cursor", sa.BigInteger().with_variant(sa.Integer(), "sqlite"))
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("announcements", schema=None) as batch_op:
+        batch_op.drop_column("fanout_cursor")
