@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
@@ -108,30 +108,20 @@ class Outbox:
 
     async def requeue_expired_leases(self, now: datetime | None = None) -> int:
         """Rows whose worker died mid-send go back to the queue (and will be sent again)."""
-        now = now or utcnow()
-        query = (
-            update(deliveries)
-            .where(deliveries.c.status == str(D.SENDING), deliveries.c.lease_until < now)
-            .values(status=str(D.QUEUED), lease_until=None, worker=None)
-        )
-        async with self._engine.begin() as conn:
-            return (await conn.execute(query)).rowcount
+        return await self._requeue(deliveries.c.lease_until < (now or utcnow()))
 
     async def unclaim(self, ids: Sequence[int]) -> int:
         """Return claimed rows that were not attempted to the queue at once."""
-        query = (
-            update(deliveries)
-            .where(deliveries.c.id.in_(list(ids)), deliveries.c.status == str(D.SENDING))
-            .values(status=str(D.QUEUED), lease_until=None, worker=None)
-        )
-        async with self._engine.begin() as conn:
-            return (await conn.execute(query)).rowcount
+        return await self._requeue(deliveries.c.id.in_(list(ids)))
 
     async def release_mine(self) -> int:
         """On shutdown: hand this worker's unsent claims back at once instead of at lease end."""
+        return await self._requeue(deliveries.c.worker == self._worker_id)
+
+    async def _requeue(self, which: ColumnElement[bool]) -> int:
         query = (
             update(deliveries)
-            .where(deliveries.c.status == str(D.SENDING), deliveries.c.worker == self._worker_id)
+            .where(deliveries.c.status == str(D.SENDING), which)
             .values(status=str(D.QUEUED), lease_until=None, worker=None)
         )
         async with self._engine.begin() as conn:

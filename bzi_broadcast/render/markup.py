@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
@@ -53,21 +54,38 @@ def _html_item(item: Sequence[Node]) -> str:
     return "<br>".join(parts)
 
 
-def _html_inline(nodes: Sequence[Inline]) -> str:
+@dataclass(frozen=True)
+class _Tags:
+    """How one HTML dialect writes the inline nodes."""
+
+    line_break: str
+    strong: str
+    emphasis: str
+
+
+_EMAIL_TAGS = _Tags(line_break="<br>", strong="strong", emphasis="em")
+_TELEGRAM_TAGS = _Tags(line_break="\n", strong="b", emphasis="i")
+
+
+def _html_inline(nodes: Sequence[Inline], tags: _Tags = _EMAIL_TAGS) -> str:
     out: list[str] = []
     for node in nodes:
         match node:
             case Text(text=text):
                 out.append(str(escape(text)))
             case LineBreak():
-                out.append("<br>")
+                out.append(tags.line_break)
             case Strong(children=c):
-                out.append(f"<strong>{_html_inline(c)}</strong>")
+                out.append(f"<{tags.strong}>{_html_inline(c, tags)}</{tags.strong}>")
             case Emphasis(children=c):
-                out.append(f"<em>{_html_inline(c)}</em>")
+                out.append(f"<{tags.emphasis}>{_html_inline(c, tags)}</{tags.emphasis}>")
             case Link(href=href, children=c):
-                out.append(f'<a href="{escape(href)}">{_html_inline(c)}</a>')
+                out.append(f'<a href="{escape(href)}">{_html_inline(c, tags)}</a>')
     return "".join(out)
+
+
+def _telegram_inline(nodes: Sequence[Inline]) -> str:
+    return _html_inline(nodes, _TELEGRAM_TAGS)
 
 
 InlineRenderer = Callable[[Sequence[Inline]], str]
@@ -82,23 +100,6 @@ def _plain_block(node: Node, inline: InlineRenderer) -> str:
         body = "\n".join(_plain_block(child, inline) for child in item)
         lines.append(f"{marker} {body}")
     return "\n".join(lines)
-
-
-def _telegram_inline(nodes: Sequence[Inline]) -> str:
-    out: list[str] = []
-    for node in nodes:
-        match node:
-            case Text(text=text):
-                out.append(str(escape(text)))
-            case LineBreak():
-                out.append("\n")
-            case Strong(children=c):
-                out.append(f"<b>{_telegram_inline(c)}</b>")
-            case Emphasis(children=c):
-                out.append(f"<i>{_telegram_inline(c)}</i>")
-            case Link(href=href, children=c):
-                out.append(f'<a href="{escape(href)}">{_telegram_inline(c)}</a>')
-    return "".join(out)
 
 
 def _text_inline(nodes: Sequence[Inline]) -> str:
