@@ -293,7 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--databases", default="sqlite,postgresql")
-    parser.add_argument("--workers", type=int, default=2, help="serve processes on PostgreSQL")
+    parser.add_argument("--workers", type=int, default=3, help="serve processes on PostgreSQL")
     args = parser.parse_args()
     require_postfix()
     size = len(Renderer().email(load_announcement(EXAMPLE)).html) * 2
