@@ -1,0 +1,383 @@
+"""A local Telegram Bot API server (aiohttp) that behaves like the real one where we depend on it.
+
+Follows https://core.telegram.org/bots/api:
+- "Making requests": ``/bot<token>/<method>``, GET or POST with query string, form or JSON;
+  replies ``{"ok": true, "result": …}`` or ``{"ok": false, "error_code", "description",
+  "parameters"}``; a wrong token gets 401 "Unauthorized".
+- "Formatting options" / "HTML style": parsed by ``bzi_broadcast.render.telegram_html`` (400
+  "Bad Request: can't parse entities: …"); text length counted after entity parsing, at most
+  4096 UTF-16 units ("message is too long"), captions at most 1024 ("message caption is too
+  long").
+- "ResponseParameters": ``retry_after`` on 429 flood control, ``migrate_to_chat_id`` when a group
+  became a supergroup. Limits from the bots FAQ ("My bot is hitting limits"): about 30 messages
+  per second overall, one per second per chat, 20 per minute per group (configurable, scaled in
+  benchmarks).
+- "getUpdates" (long polling with ``offset``/``timeout``; 409 while a webhook is set),
+  "setWebhook", "deleteWebhook", "getMe", "sendMessage", "sendPhoto".
+Blocked users answer 403 "Forbidden: bot was blocked by the user"; unknown chats 400 "Bad Request:
+chat not found". Everything received is recorded; faults can be injected per method.
+
+    python -m bzi_broadcast.testing.telegram --port 8082 --token 123:TEST
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bzi_broadcast.render.telegram_html import TelegramHTMLError, parse, utf16_length
+
+JSON_FIELDS = frozenset(
+    {
+        "link_preview_options",
+        "reply_markup",
+        "reply_parameters",
+        "allowed_updates",
+        "entities",
+        "caption_entities",
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    per_second: float = 30.0  # all chats together
+    per_chat_per_second: float = 1.0
+    per_group_per_minute: float = 20.0
+
+
+@dataclass(kw_only=True)
+class Chat:
+    id: int
+    type: str = "private"  # private, group, supergroup, channel
+    title: str | None = None
+    blocked: bool = False
+    migrated_to: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    status: int = 500
+    description: str = "Internal Server Error"
+    retry_after: int | None = None
+    delay: float = 0.0
+    drop: bool = False  # close the connection without an answer
+
+
+@dataclass
+class Sent:
+    method: str
+    chat_id: int
+    message_id: int
+    text: str
+    entities: list[dict[str, Any]]
+    params: dict[str, Any]
+    at: float
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, description: str, **parameters: Any) -> None:
+        super().__init__(description)
+        self.code, self.description, self.parameters = code, description, parameters
+
+
+@dataclass
+class TelegramServer:
+    token: str = "123456:TEST-TOKEN"  # noqa: S105 - the local server's own test token
+    limits: Limits = field(default_factory=Limits)
+    chats: dict[int, Chat] = field(default_factory=dict)
+    sent: list[Sent] = field(default_factory=list)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
+    flood_answers: int = 0
+    webhook_url: str = ""
+
+    def __post_init__(self) -> None:
+        self._updates: list[dict[str, Any]] = []
+        self._update_id = 0
+        self._new_update = asyncio.Event()
+        self._global: deque[float] = deque()
+        self._per_chat: dict[int, deque[float]] = defaultdict(deque)
+        self._message_ids: dict[int, int] = defaultdict(int)
+
+    # --- test controls ------------------------------------------------------------------------
+
+    def add_chat(self, chat_id: int, **options: Any) -> Chat:
+        chat = Chat(id=chat_id, **options)
+        self.chats[chat_id] = chat
+        return chat
+
+    def inject(self, method: str, fault: Fault, times: int = 1) -> None:
+        self.faults[method].extend([fault] * times)
+
+    def push_update(self, update: dict[str, Any]) -> None:
+        self._update_id += 1
+        self._updates.append({"update_id": self._update_id, **update})
+        self._new_update.set()
+
+    def messages_to(self, chat_id: int) -> list[Sent]:
+        return [s for s in self.sent if s.chat_id == chat_id]
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/_test/sent", self._recorded)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        params = await _params(request)
+        self.calls.append((method, params))
+        if request.match_info["token"] != self.token:
+            return _error(ApiError(401, "Unauthorized"))
+        if (fault := self._next_fault(method)) is not None:
+            return await self._fault(request, fault)
+        handler = getattr(self, f"_m_{method.lower()}", None)
+        if handler is None:
+            return _error(ApiError(404, "Not Found"))
+        try:
+            return web.json_response({"ok": True, "result": await handler(params)})
+        except ApiError as exc:
+            return _error(exc)
+
+    def _next_fault(self, method: str) -> Fault | None:
+        queue = self.faults.get(method)
+        return queue.popleft() if queue else None
+
+    async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.drop and request.transport is not None:
+            request.transport.close()
+            return web.Response(status=500)
+        extra = {"retry_after": fault.retry_after} if fault.retry_after is not None else {}
+        return _error(ApiError(fault.status, fault.description, **extra))
+
+    async def _recorded(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [
+                {
+                    "method": s.method,
+                    "chat_id": s.chat_id,
+                    "text": s.text,
+                    "message_id": s.message_id,
+                }
+                for s in self.sent
+            ]
+        )
+
+    # --- methods ------------------------------------------------------------------------------
+
+    async def _m_getme(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": int(self.token.split(":")[0]),
+            "is_bot": True,
+            "first_name": "BZI",
+            "username": "bzi_test_bot",
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    async def _m_sendmessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._chat(params)
+        text, entities = _parse(params.get("text", ""), params.get("parse_mode"))
+        if not text:
+            raise ApiError(400, "Bad Request: message text is empty")
+        if utf16_length(text) > 4096:
+            raise ApiError(400, "Bad Request: message is too long")
+        return self._deliver("sendMessage", chat, text, entities, params)
+
+    async def _m_sendphoto(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._chat(params)
+        if not params.get("photo"):
+            raise ApiError(400, "Bad Request: there is no photo in the request")
+        caption, entities = _parse(params.get("caption", ""), params.get("parse_mode"))
+        if utf16_length(caption) > 1024:
+            raise ApiError(400, "Bad Request: message caption is too long")
+        return self._deliver("sendPhoto", chat, caption, entities, params)
+
+    async def _m_getupdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.webhook_url:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset = int(params.get("offset") or 0)
+        self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        if not self._updates and float(params.get("timeout") or 0) > 0:
+            self._new_update.clear()
+            with contextlib.suppress(TimeoutError):  # long polling: no update is an empty answer
+                await asyncio.wait_for(self._new_update.wait(), float(params["timeout"]))
+        limit = int(params.get("limit") or 100)
+        return self._updates[:limit]
+
+    async def _m_setwebhook(self, params: dict[str, Any]) -> bool:
+        url = str(params.get("url") or "")
+        if url and not url.startswith("https://"):
+            raise ApiError(
+                400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+            )
+        self.webhook_url = url
+        return True
+
+    async def _m_deletewebhook(self, params: dict[str, Any]) -> bool:
+        self.webhook_url = ""
+        return True
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _chat(self, params: dict[str, Any]) -> Chat:
+        try:
+            chat_id = int(params.get("chat_id", ""))
+        except ValueError:
+            raise ApiError(400, "Bad Request: chat not found") from None
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            raise ApiError(400, "Bad Request: chat not found")
+        if chat.migrated_to is not None:
+            raise ApiError(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                migrate_to_chat_id=chat.migrated_to,
+            )
+        if chat.blocked:
+            reason = (
+                "bot was blocked by the user"
+                if chat.type == "private"
+                else "bot was kicked from the group chat"
+            )
+            raise ApiError(403, f"Forbidden: {reason}")
+        self._flood_control(chat)
+        return chat
+
+    def _flood_control(self, chat: Chat) -> None:
+        now = time.monotonic()
+        group = chat.type in ("group", "supergroup")
+        window, allowed = (
+            (60.0, self.limits.per_group_per_minute)
+            if group
+            else (1.0, self.limits.per_chat_per_second)
+        )
+        for timestamps, span, limit in (
+            (self._global, 1.0, self.limits.per_second),
+            (self._per_chat[chat.id], window, allowed),
+        ):
+            while timestamps and timestamps[0] <= now - span:
+                timestamps.popleft()
+            if len(timestamps) >= limit:
+                self.flood_answers += 1
+                wait = max(1, math.ceil(timestamps[0] + span - now))
+                raise ApiError(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
+        self._global.append(now)
+        self._per_chat[chat.id].append(now)
+
+    def _deliver(
+        self,
+        method: str,
+        chat: Chat,
+        text: str,
+        entities: list[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        self._message_ids[chat.id] += 1
+        message_id = self._message_ids[chat.id]
+        self.sent.append(
+            Sent(
+                method=method,
+                chat_id=chat.id,
+                message_id=message_id,
+                text=text,
+                entities=entities,
+                params=params,
+                at=time.time(),
+            )
+        )
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": {"id": chat.id, "type": chat.type},
+        }
+        if chat.title:
+            message["chat"]["title"] = chat.title
+        key = "caption" if method == "sendPhoto" else "text"
+        message[key] = text
+        if entities:
+            message["caption_entities" if key == "caption" else "entities"] = entities
+        if method == "sendPhoto":
+            message["photo"] = [
+                {
+                    "file_id": f"photo-{message_id}",
+                    "file_unique_id": "u",
+                    "width": 800,
+                    "height": 600,
+                }
+            ]
+        return message
+
+
+def _parse(text: str, parse_mode: str | None) -> tuple[str, list[dict[str, Any]]]:
+    if parse_mode != "HTML":
+        return text.strip(), []
+    try:
+        parsed = parse(text)
+    except TelegramHTMLError as exc:
+        raise ApiError(400, f"Bad Request: {exc}") from None
+    entities = [{k: v for k, v in vars(e).items() if v is not None} for e in parsed.entities]
+    return parsed.text, entities
+
+
+async def _params(request: web.Request) -> dict[str, Any]:
+    params: dict[str, Any] = dict(request.query)
+    if request.method == "POST" and request.can_read_body:
+        if request.content_type == "application/json":
+            params.update(await request.json())
+        else:
+            for key, value in (await request.post()).items():
+                params[key] = value if isinstance(value, str) else "<file>"
+    for key in JSON_FIELDS & params.keys():
+        if isinstance(params[key], str):
+            params[key] = json.loads(params[key])
+    return params
+
+
+def _error(exc: ApiError) -> web.Response:
+    body: dict[str, Any] = {"ok": False, "error_code": exc.code, "description": exc.description}
+    if exc.parameters:
+        body["parameters"] = exc.parameters
+    return web.json_response(body, status=exc.code)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Local Telegram Bot API server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8082)
+    parser.add_argument("--token", default="123456:TEST-TOKEN")
+    parser.add_argument(
+        "--chat",
+        type=int,
+        action="append",
+        default=[],
+        help="a private chat id to accept (repeatable)",
+    )
+    args = parser.parse_args()
+    server = TelegramServer(token=args.token)
+    for chat_id in args.chat:
+        server.add_chat(chat_id)
+    web.run_app(server.app(), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()
