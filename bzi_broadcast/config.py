@@ -78,6 +78,19 @@ class DeliverySettings(_Section):
     retry_base_delay: float = Field(default=30.0, gt=0)
 
 
+class TelegramSettings(_Section):
+    enabled: bool = False
+    token: SecretStr | None = None
+    base_url: str = "https://api.telegram.org/bot"
+    chats: list[int] = Field(default_factory=list, description="channels and groups to post to")
+    timeout: float = Field(default=20.0, gt=0)
+    per_second: float = Field(default=30.0, gt=0)
+    per_chat_per_second: float = Field(default=1.0, gt=0)
+    per_group_per_minute: float = Field(default=20.0, gt=0)
+    paid_broadcast: bool = False
+    paid_per_second: float = Field(default=1000.0, gt=0)
+
+
 class SecuritySettings(_Section):
     secret_key: SecretStr = SecretStr("demo-secret-change-me-demo-secret-change-me")
 
@@ -89,6 +102,7 @@ class Settings(_Section):
     smtp: SmtpSettings = SmtpSettings()
     email: EmailSettings = EmailSettings()
     delivery: DeliverySettings = DeliverySettings()
+    telegram: TelegramSettings = TelegramSettings()
     security: SecuritySettings = SecuritySettings()
 
 

@@ -17,15 +17,26 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from telegram import Bot
+from telegram.request import HTTPXRequest
 
+from bzi_broadcast.channels.base import Channel
 from bzi_broadcast.channels.email import EmailChannel, EmailSettings
 from bzi_broadcast.channels.email_mime import Sender
 from bzi_broadcast.channels.smtp import SmtpServer
+from bzi_broadcast.channels.telegram import TelegramChannel, TelegramLimits
 from bzi_broadcast.config import Settings
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.outbox import Claimed, Outbox
 from bzi_broadcast.delivery.ratelimit import RateLimit, TokenBucket, load_bucket, save_bucket
-from bzi_broadcast.delivery.release import continue_fan_out, incomplete_fan_outs, release
+from bzi_broadcast.delivery.release import (
+    FanOut,
+    continue_fan_out,
+    email_fan_out,
+    incomplete_fan_outs,
+    release,
+    telegram_fan_out,
+)
 from bzi_broadcast.delivery.retry import RetryPolicy
 from bzi_broadcast.delivery.scheduler import Scheduler
 from bzi_broadcast.delivery.worker import Worker, WorkerSettings
@@ -34,7 +45,7 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
-from bzi_broadcast.subscribers.store import suppress
+from bzi_broadcast.subscribers.store import set_telegram_chat, suppress
 from bzi_broadcast.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
@@ -78,6 +89,26 @@ def email_channel(settings: Settings, renderer: Renderer) -> EmailChannel:
     return EmailChannel(server, email, renderer, signer(settings), bucket)
 
 
+def telegram_channel(settings: Settings, renderer: Renderer) -> TelegramChannel:
+    t = settings.telegram
+    if t.token is None:
+        raise BroadcastError(_("telegram.token fehlt (oder BZI_TELEGRAM_TOKEN_FILE)"))
+    request = HTTPXRequest(
+        connection_pool_size=64,
+        read_timeout=t.timeout,
+        connect_timeout=t.timeout,
+        write_timeout=t.timeout,
+    )
+    bot = Bot(t.token.get_secret_value(), base_url=t.base_url, request=request)
+    overall = t.paid_per_second if t.paid_broadcast else t.per_second
+    limits = TelegramLimits(
+        per_second=overall,
+        per_chat_per_second=t.per_chat_per_second,
+        per_group_per_minute=t.per_group_per_minute,
+    )
+    return TelegramChannel(bot, renderer, limits)
+
+
 def signer(settings: Settings) -> TokenSigner:
     return TokenSigner(settings.security.secret_key.get_secret_value().encode())
 
@@ -92,15 +123,22 @@ class Service:
         self.outbox = Outbox(self.engine, worker_id=self.worker_id, lease=lease)
         self.renderer = Renderer(settings)
         self.email = email_channel(settings, self.renderer)
+        channels: list[Channel] = [self.email]
+        self.fan_outs: dict[str, FanOut] = {"email": email_fan_out}
+        if settings.telegram.enabled:
+            channels.append(telegram_channel(settings, self.renderer))
+            self.fan_outs["telegram"] = telegram_fan_out(settings.telegram.chats)
         self.workers = [
             Worker(
-                self.email,
+                channel,
                 self.outbox,
                 self.announcements,
                 settings=worker_settings(settings),
                 on_pause=self._on_pause,
                 on_suppress=self._on_suppress,
+                on_moved=self._on_moved,
             )
+            for channel in channels
         ]
         self.scheduler = Scheduler(
             self.announcements,
@@ -112,7 +150,7 @@ class Service:
         self._fan_outs: dict[int, asyncio.Task[None]] = {}
 
     async def _release(self, announcement_id: int) -> None:
-        written = await release(self.engine, announcement_id)
+        written = await release(self.engine, announcement_id, fan_outs=self.fan_outs)
         if written is not None:
             log.info("released announcement_id=%s first_chunk=%s", announcement_id, written)
             self._wake_workers()
@@ -132,7 +170,10 @@ class Service:
 
     async def _fan_out(self, announcement_id: int) -> None:
         try:
-            while await continue_fan_out(self.engine, announcement_id) is not None:
+            while (
+                await continue_fan_out(self.engine, announcement_id, fan_outs=self.fan_outs)
+                is not None
+            ):
                 self._wake_workers()
         except Exception:
             log.exception(
@@ -156,10 +197,17 @@ class Service:
         await control.set_paused(self.engine, channel, True, reason)
 
     async def _on_suppress(self, delivery: Claimed, reason: str) -> None:
+        if delivery.channel == "telegram":  # the person blocked the bot: stop writing to them
+            await set_telegram_chat(self.engine, delivery.subscriber_id, None)
+            return
         key = self.settings.security.secret_key.get_secret_value().encode()
         await suppress(
             self.engine, delivery.recipient, reason="hard_bounce", detail=reason, key=key
         )
+
+    async def _on_moved(self, delivery: Claimed, new_recipient: str) -> None:
+        if delivery.channel == "telegram":
+            await set_telegram_chat(self.engine, delivery.subscriber_id, int(new_recipient))
 
     async def run(self) -> None:
         await migrate(self.engine)
@@ -191,7 +239,8 @@ class Service:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await save_bucket(self.engine, self.email.bucket)
-            await self.email.aclose()
+            for worker in self.workers:
+                await worker.channel.aclose()
             await self.engine.dispose()
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from bzi_broadcast.store.announcements import AnnouncementRecord
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Receipt:
     remote_id: str | None = None
+    new_recipient: str | None = None  # the address moved (a Telegram group became a supergroup)
 
 
 class Channel(Protocol):

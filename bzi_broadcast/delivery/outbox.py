@@ -41,6 +41,7 @@ class Outcome:
     attempts: int
     at: datetime
     remote_id: str | None = None
+    new_recipient: str | None = None
     error: str | None = None
     next_attempt_at: datetime | None = None
 
@@ -181,6 +182,7 @@ _SENT = (
         attempts=bindparam("b_attempts"),
         sent_at=bindparam("b_at"),
         remote_id=bindparam("b_remote_id"),
+        recipient=func.coalesce(bindparam("b_recipient"), deliveries.c.recipient),
         lease_until=None,
         last_error=None,
     )
@@ -211,7 +213,13 @@ _FAILED = (
 
 async def _write_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> None:
     sent = [
-        {"b_id": o.id, "b_attempts": o.attempts, "b_at": o.at, "b_remote_id": o.remote_id}
+        {
+            "b_id": o.id,
+            "b_attempts": o.attempts,
+            "b_at": o.at,
+            "b_remote_id": o.remote_id,
+            "b_recipient": o.new_recipient,
+        }
         for o in outcomes
         if o.status == D.SENT
     ]

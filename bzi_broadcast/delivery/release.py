@@ -12,20 +12,23 @@ a large list is still being written, and a crash mid-fan-out resumes where it st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Insert,
+    String,
     and_,
+    cast,
     exists,
     insert,
     literal,
     not_,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -44,6 +47,15 @@ FanOut = Callable[[int, datetime, int, int | None], Insert]
 """Builds the INSERT … SELECT of one channel's delivery rows for the subscribers with
 ``lower < id <= upper`` (``upper`` None: no upper bound)."""
 FANOUT_CHUNK = 5000
+_COLUMNS = [
+    "announcement_id",
+    "channel",
+    "recipient",
+    "subscriber_id",
+    "status",
+    "attempts",
+    "next_attempt_at",
+]
 
 
 def _topic_match(announcement_id: int) -> ColumnElement[bool]:
@@ -75,16 +87,43 @@ def email_fan_out(announcement_id: int, now: datetime, lower: int, upper: int | 
     ).where(
         subscribers.c.status == "active", _in_chunk(lower, upper), _topic_match(announcement_id)
     )
-    columns = [
-        "announcement_id",
-        "channel",
-        "recipient",
-        "subscriber_id",
-        "status",
-        "attempts",
-        "next_attempt_at",
-    ]
-    return insert(deliveries).from_select(columns, rows)
+    return insert(deliveries).from_select(_COLUMNS, rows)
+
+
+def telegram_fan_out(chats: Sequence[int]) -> FanOut:
+    """Every subscriber who started the bot, and (with the first chunk) the configured chats."""
+
+    def build(announcement_id: int, now: datetime, lower: int, upper: int | None) -> Insert:
+        rows = select(
+            literal(announcement_id),
+            literal("telegram"),
+            cast(subscribers.c.telegram_chat_id, String),
+            subscribers.c.id,
+            literal(str(DeliveryStatus.QUEUED)),
+            literal(0),
+            literal(now, type_=deliveries.c.next_attempt_at.type),
+        ).where(
+            subscribers.c.status == "active",
+            subscribers.c.telegram_chat_id.is_not(None),
+            _in_chunk(lower, upper),
+            _topic_match(announcement_id),
+        )
+        configured = [
+            select(
+                literal(announcement_id),
+                literal("telegram"),
+                literal(str(chat)),
+                literal(None, type_=deliveries.c.subscriber_id.type),
+                literal(str(DeliveryStatus.QUEUED)),
+                literal(0),
+                literal(now, type_=deliveries.c.next_attempt_at.type),
+            )
+            for chat in (chats if lower == 0 else ())
+        ]
+        source = union_all(rows, *configured) if configured else rows
+        return insert(deliveries).from_select(_COLUMNS, source)
+
+    return build
 
 
 DEFAULT_FAN_OUTS: Mapping[str, FanOut] = {"email": email_fan_out}

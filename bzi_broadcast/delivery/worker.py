@@ -73,6 +73,7 @@ class Worker:
         settings: WorkerSettings = WorkerSettings(),
         on_pause: PauseHook | None = None,
         on_suppress: Callable[[Claimed, str], Any] | None = None,
+        on_moved: Callable[[Claimed, str], Any] | None = None,
     ) -> None:
         self.channel = channel
         self._outbox = outbox
@@ -80,6 +81,7 @@ class Worker:
         self._settings = settings
         self._on_pause = on_pause
         self._on_suppress = on_suppress
+        self._on_moved = on_moved
         self._pending: list[Outcome] = []
         self._prepared: dict[int, Any] = {}
         self._errors = ErrorRate(max(settings.pause_min_samples * 2, 100))
@@ -166,8 +168,11 @@ class Worker:
                 attempts=attempts,
                 at=utcnow(),
                 remote_id=receipt.remote_id,
+                new_recipient=receipt.new_recipient,
             )
         )
+        if receipt.new_recipient and self._on_moved:
+            await self._on_moved(item, receipt.new_recipient)
 
     async def _prepare(self, announcement_id: int) -> Any:
         if announcement_id not in self._prepared:

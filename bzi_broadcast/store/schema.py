@@ -116,6 +116,7 @@ subscribers = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("email", String(320), nullable=False, unique=True),
+    Column("telegram_chat_id", Id, unique=True),  # set when the person started the bot
     Column("name", String(200)),
     Column("language", String(2), nullable=False),
     Column("status", String(20), nullable=False),

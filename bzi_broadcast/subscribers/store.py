@@ -204,3 +204,17 @@ async def suppress(
                     email_hash=digest, reason=reason, detail=(detail or "")[:500], created_at=now
                 )
             )
+
+
+async def set_telegram_chat(
+    engine: AsyncEngine, subscriber_id: int | None, chat_id: int | None
+) -> None:
+    """Store a migrated chat id, or forget the chat of someone who blocked the bot (None)."""
+    if subscriber_id is None:
+        return
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id)
+            .values(telegram_chat_id=chat_id, updated_at=utcnow())
+        )

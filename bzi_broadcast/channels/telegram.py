@@ -1,0 +1,155 @@
+"""The Telegram channel: one delivery row per chat, sent with python-telegram-bot's ``Bot``.
+
+The Bot API has no idempotency: a message whose answer was lost may arrive twice, so Telegram
+delivery is at least once. Limits are kept at the moment of sending, across all workers of the
+process: an overall rate, one message per second per chat and 20 per minute per group
+(core.telegram.org/bots/faq "My bot is hitting limits").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from telegram import Bot, LinkPreviewOptions, Message
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+
+from bzi_broadcast.channels.base import Receipt
+from bzi_broadcast.delivery.outbox import Claimed
+from bzi_broadcast.errors import (
+    ChannelAuthError,
+    DeliveryError,
+    PermanentError,
+    TransientError,
+    UnknownOutcomeError,
+)
+from bzi_broadcast.render import Renderer
+from bzi_broadcast.render.renditions import TelegramMessage, TelegramRendition
+from bzi_broadcast.store.announcements import AnnouncementRecord
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelegramLimits:
+    per_second: float = 30.0
+    per_chat_per_second: float = 1.0
+    per_group_per_minute: float = 20.0
+
+
+class Pacer:
+    """Spaces sends: an overall interval, and per chat (private) or per group."""
+
+    def __init__(self, limits: TelegramLimits) -> None:
+        self._limits = limits
+        self._next_overall = 0.0
+        self._next_chat: dict[int, float] = defaultdict(float)
+        self._lock = asyncio.Lock()
+
+    async def wait(self, chat_id: int) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            gap = (
+                60.0 / self._limits.per_group_per_minute
+                if chat_id < 0
+                else (1.0 / self._limits.per_chat_per_second)
+            )
+            start = max(now, self._next_overall, self._next_chat[chat_id])
+            self._next_overall = start + 1.0 / self._limits.per_second
+            self._next_chat[chat_id] = start + gap
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class TelegramChannel:
+    name = "telegram"
+
+    def __init__(
+        self, bot: Bot, renderer: Renderer, limits: TelegramLimits, concurrency: int = 32
+    ) -> None:
+        self.concurrency = concurrency
+        self._bot = bot
+        self._renderer = renderer
+        self._pacer = Pacer(limits)
+        self._started = False
+
+    def prepare(self, record: AnnouncementRecord) -> TelegramRendition:
+        return self._renderer.telegram(record.announcement())
+
+    async def send(self, prepared: TelegramRendition, delivery: Claimed) -> Receipt:
+        if not self._started:
+            await self._bot.initialize()
+            self._started = True
+        chat_id = int(delivery.recipient)
+        migrated: int | None = None
+        first_id: str | None = None
+        for message in prepared.messages:
+            try:
+                sent = await self._send_one(chat_id, message)
+            except ChatMigrated as exc:  # the group became a supergroup: send there, remember it
+                chat_id = migrated = int(exc.new_chat_id)
+                sent = await self._send_translated(chat_id, message)
+            first_id = first_id or str(sent.message_id)
+        return Receipt(remote_id=first_id, new_recipient=str(migrated) if migrated else None)
+
+    async def _send_translated(self, chat_id: int, message: TelegramMessage) -> Message:
+        try:
+            return await self._send_one(chat_id, message)
+        except ChatMigrated as exc:
+            raise PermanentError(f"Telegram: {exc.message}") from exc
+
+    async def _send_one(self, chat_id: int, message: TelegramMessage) -> Message:
+        await self._pacer.wait(chat_id)
+        try:
+            return await self._call(chat_id, message)
+        except ChatMigrated:
+            raise
+        except TelegramError as exc:
+            raise _translate(exc) from exc
+
+    async def _call(self, chat_id: int, message: TelegramMessage) -> Message:
+        preview = message.link_preview
+        options = LinkPreviewOptions(
+            is_disabled=preview.is_disabled,
+            url=preview.url,
+            prefer_small_media=preview.prefer_small_media,
+            show_above_text=preview.show_above_text,
+        )
+        if message.photo:
+            return await self._bot.send_photo(
+                chat_id, message.photo, caption=message.text, parse_mode=message.parse_mode
+            )
+        return await self._bot.send_message(
+            chat_id, message.text, parse_mode=message.parse_mode, link_preview_options=options
+        )
+
+    async def aclose(self) -> None:
+        if self._started:
+            await self._bot.shutdown()
+
+
+def _translate(exc: TelegramError) -> DeliveryError:
+    """PTB's errors in our terms. Order matters: BadRequest and TimedOut subclass NetworkError."""
+    text = f"Telegram: {exc.message}"
+    if isinstance(exc, RetryAfter):
+        after = exc.retry_after
+        seconds = after if isinstance(after, int | float) else after.total_seconds()
+        return TransientError(text, retry_after=float(seconds))
+    if isinstance(exc, InvalidToken):
+        return ChannelAuthError(text)
+    if isinstance(exc, Forbidden):
+        return PermanentError(text, suppress_recipient=True)
+    if isinstance(exc, BadRequest):
+        return PermanentError(text)
+    if isinstance(exc, TimedOut | NetworkError):
+        return UnknownOutcomeError(text)
+    return TransientError(text)

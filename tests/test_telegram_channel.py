@@ -1,0 +1,121 @@
+"""The Telegram channel end to end: outbox → python-telegram-bot → the local Bot API server."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
+from bzi_broadcast.service import Service
+from bzi_broadcast.store.announcements import Announcements
+from bzi_broadcast.store.schema import deliveries, subscribers
+from bzi_broadcast.testing.smtp import SmtpCapture
+from bzi_broadcast.testing.telegram import Limits, TelegramServer
+
+from .conftest import EXAMPLE
+from .test_delivery import settings_for, wait_until
+
+TOKEN = "123456:TEST-TOKEN"
+
+
+async def add_telegram_subscribers(engine: AsyncEngine, chats: list[int]) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(subscribers),
+            [
+                {
+                    "email": f"tg{chat}@example.org",
+                    "language": "de",
+                    "status": "active",
+                    "source": "bot",
+                    "telegram_chat_id": chat,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for chat in chats
+            ],
+        )
+
+
+async def test_seed_example_reaches_every_chat_and_errors_land_right(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    from bzi_broadcast.content import load_announcement
+
+    api = TelegramServer(
+        token=TOKEN, limits=Limits(per_second=300, per_chat_per_second=10, per_group_per_minute=600)
+    )
+    for chat in (1001, 1002, 1003):
+        api.add_chat(chat)
+    api.add_chat(1004, blocked=True)
+    api.add_chat(-100500, type="channel", title="BZI-Kanal")
+    api.add_chat(-3003, type="group", migrated_to=-1004242)
+    api.add_chat(-1004242, type="supergroup", title="BZI-Gruppe")
+    await add_telegram_subscribers(engine, [1001, 1002, 1003, 1004])
+    http = TestServer(api.app(), host="127.0.0.1")
+    await http.start_server()
+    smtp = await SmtpCapture().start()
+    base = settings_for(database_url, smtp.port)
+    settings = base.model_copy(
+        update={
+            "telegram": base.telegram.model_copy(
+                update={
+                    "enabled": True,
+                    "token": SecretStr(TOKEN),
+                    "chats": [-100500, -3003],
+                    "base_url": f"http://127.0.0.1:{http.port}/bot",
+                    "per_chat_per_second": 10.0,
+                    "per_group_per_minute": 600.0,
+                    "per_second": 300.0,
+                }
+            )
+        }
+    )
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    try:
+        store = Announcements(engine)
+        announcement_id = await store.create(
+            load_announcement(EXAMPLE), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+        )
+        await wait_until(lambda: _finished(store, announcement_id), timeout=60)
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+        await smtp.stop()
+        await http.close()
+    assert (await store.get(announcement_id)).status == S.PARTIALLY_FAILED
+    async with engine.connect() as conn:
+        rows = {
+            r.recipient: r
+            for r in await conn.execute(
+                select(deliveries).where(deliveries.c.channel == "telegram")
+            )
+        }
+        blocked = (
+            await conn.execute(
+                select(subscribers.c.telegram_chat_id).where(
+                    subscribers.c.email == "tg1004@example.org"
+                )
+            )
+        ).scalar_one()
+    assert set(rows) == {"1001", "1002", "1003", "1004", "-100500", "-1004242"}
+    assert rows["1004"].status == "failed"
+    assert "blocked" in rows["1004"].last_error
+    assert blocked is None  # the person blocked the bot: no more messages to that chat
+    assert all(rows[c].status == "sent" for c in ("1001", "1002", "1003", "-100500", "-1004242"))
+    per_chat = {chat: api.messages_to(chat) for chat in (1001, -100500, -1004242)}
+    assert all(messages for messages in per_chat.values())
+    assert per_chat[1001][0].text.startswith("Weltoffene Kommunen")
+    assert api.flood_answers == 0
+    assert len(smtp.received) == 4  # the email channel ran beside it
+
+
+async def _finished(store: Announcements, announcement_id: int) -> bool:
+    return (await store.get(announcement_id)).status in (S.SENT, S.PARTIALLY_FAILED)
