@@ -78,6 +78,17 @@ class DeliverySettings(_Section):
     retry_base_delay: float = Field(default=30.0, gt=0)
 
 
+class MastodonSettings(_Section):
+    enabled: bool = False
+    base_url: str = "https://mastodon.example.org"
+    access_token: SecretStr | None = None
+    server_version: str = "4.3.0"
+    timeout: float = Field(default=30.0, gt=0)
+    requests_per_5_minutes: int = Field(default=300, ge=1)
+    statuses_per_3_hours: int = Field(default=300, ge=1)
+    media_per_30_minutes: int = Field(default=30, ge=1)
+
+
 class TelegramSettings(_Section):
     enabled: bool = False
     token: SecretStr | None = None
@@ -102,6 +113,7 @@ class Settings(_Section):
     smtp: SmtpSettings = SmtpSettings()
     email: EmailSettings = EmailSettings()
     delivery: DeliverySettings = DeliverySettings()
+    mastodon: MastodonSettings = MastodonSettings()
     telegram: TelegramSettings = TelegramSettings()
     security: SecuritySettings = SecuritySettings()
 

@@ -16,6 +16,7 @@ import socket
 import uuid
 from datetime import timedelta
 
+from mastodon import Mastodon
 from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Bot
 from telegram.request import HTTPXRequest
@@ -23,6 +24,7 @@ from telegram.request import HTTPXRequest
 from bzi_broadcast.channels.base import Channel
 from bzi_broadcast.channels.email import EmailChannel, EmailSettings
 from bzi_broadcast.channels.email_mime import Sender
+from bzi_broadcast.channels.mastodon import MastodonBudgets, MastodonChannel
 from bzi_broadcast.channels.smtp import SmtpServer
 from bzi_broadcast.channels.telegram import TelegramChannel, TelegramLimits
 from bzi_broadcast.config import Settings
@@ -34,6 +36,7 @@ from bzi_broadcast.delivery.release import (
     continue_fan_out,
     email_fan_out,
     incomplete_fan_outs,
+    mastodon_fan_out,
     release,
     telegram_fan_out,
 )
@@ -45,6 +48,7 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
+from bzi_broadcast.store.parts import Parts
 from bzi_broadcast.subscribers.store import set_telegram_chat, suppress
 from bzi_broadcast.tokens import TokenSigner
 
@@ -109,6 +113,28 @@ def telegram_channel(settings: Settings, renderer: Renderer) -> TelegramChannel:
     return TelegramChannel(bot, renderer, limits)
 
 
+def mastodon_channel(
+    settings: Settings, renderer: Renderer, engine: AsyncEngine
+) -> MastodonChannel:
+    m = settings.mastodon
+    if m.access_token is None:
+        raise BroadcastError(_("mastodon.access_token fehlt (oder BZI_MASTODON_ACCESS_TOKEN_FILE)"))
+    client = Mastodon(
+        access_token=m.access_token.get_secret_value(),
+        api_base_url=m.base_url,
+        ratelimit_method="throw",
+        version_check_mode="created",
+        mastodon_version=m.server_version,
+        request_timeout=m.timeout,
+    )
+    budgets = MastodonBudgets(
+        requests=(m.requests_per_5_minutes, 300.0),
+        statuses=(m.statuses_per_3_hours, 3 * 3600.0),
+        media=(m.media_per_30_minutes, 1800.0),
+    )
+    return MastodonChannel(client, renderer, Parts(engine), budgets=budgets)
+
+
 def signer(settings: Settings) -> TokenSigner:
     return TokenSigner(settings.security.secret_key.get_secret_value().encode())
 
@@ -125,6 +151,9 @@ class Service:
         self.email = email_channel(settings, self.renderer)
         channels: list[Channel] = [self.email]
         self.fan_outs: dict[str, FanOut] = {"email": email_fan_out}
+        if settings.mastodon.enabled:
+            channels.append(mastodon_channel(settings, self.renderer, self.engine))
+            self.fan_outs["mastodon"] = mastodon_fan_out(settings.mastodon.base_url)
         if settings.telegram.enabled:
             channels.append(telegram_channel(settings, self.renderer))
             self.fan_outs["telegram"] = telegram_fan_out(settings.telegram.chats)

@@ -126,6 +126,24 @@ def telegram_fan_out(chats: Sequence[int]) -> FanOut:
     return build
 
 
+def mastodon_fan_out(account: str) -> FanOut:
+    """One row per announcement: the thread on the council's account (with the first chunk)."""
+
+    def build(announcement_id: int, now: datetime, lower: int, upper: int | None) -> Insert:
+        row = select(
+            literal(announcement_id),
+            literal("mastodon"),
+            literal(account),
+            literal(None, type_=deliveries.c.subscriber_id.type),
+            literal(str(DeliveryStatus.QUEUED)),
+            literal(0),
+            literal(now, type_=deliveries.c.next_attempt_at.type),
+        ).where(literal(lower) == 0)
+        return insert(deliveries).from_select(_COLUMNS, row)
+
+    return build
+
+
 DEFAULT_FAN_OUTS: Mapping[str, FanOut] = {"email": email_fan_out}
 
 

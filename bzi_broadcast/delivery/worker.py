@@ -27,6 +27,7 @@ from bzi_broadcast.errors import (
     PermanentError,
     TransientError,
 )
+from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.announcements import Announcements, utcnow
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class Worker:
         if isinstance(exc, PermanentError) and exc.suppress_recipient and self._on_suppress:
             await self._on_suppress(item, exc.message)
         if isinstance(exc, ChannelAuthError):
-            await self._pause(exc.message)
+            await self._pause(_("muss neu verbunden werden ({reason})").format(reason=exc.message))
         elif self._errors.exceeds(
             self._settings.pause_error_rate, self._settings.pause_min_samples
         ):

@@ -166,6 +166,16 @@ deliveries = Table(
     Index(None, "announcement_id", "status"),
 )
 
+delivery_parts = Table(
+    "delivery_parts",
+    metadata,
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True),
+    Column("part", Integer, primary_key=True),
+    Column("idempotency_key", String(64), nullable=False),
+    Column("remote_id", String(200)),
+    Column("url", Text),
+)
+
 channel_state = Table(
     "channel_state",
     metadata,

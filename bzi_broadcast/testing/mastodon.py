@@ -42,7 +42,8 @@ class Fault:
     error: str = "Internal Server Error"
     delay: float = 0.0
     drop: bool = False  # close the connection without an answer (the request may have worked)
-    after: bool = False  # with drop: do the work first, then drop (a lost response)
+    after: bool = False  # do the work first, then fail or drop (a lost response)
+    on_call: int | None = None  # fire on this call of the route (1-based); None: the next call
 
 
 @dataclass
@@ -71,6 +72,7 @@ class MastodonServer:
         self._keys: dict[str, tuple[float, str]] = {}
         self._requests: deque[float] = deque()
         self._next_id = 100000
+        self._route_calls: dict[str, int] = defaultdict(int)
 
     def inject(self, route: str, fault: Fault, times: int = 1) -> None:
         """``route`` like "POST /api/v1/statuses"."""
@@ -115,8 +117,11 @@ class MastodonServer:
         return response
 
     def _fault_for(self, route: str) -> Fault | None:
+        self._route_calls[route] += 1
         queue = self.faults.get(route)
-        return queue.popleft() if queue else None
+        if queue and queue[0].on_call in (None, self._route_calls[route]):
+            return queue.popleft()
+        return None
 
     async def _apply(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.delay:

@@ -1,0 +1,143 @@
+"""The Mastodon channel end to end: outbox → Mastodon.py (thread pool) → the local server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.content import load_announcement
+from bzi_broadcast.delivery import control
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
+from bzi_broadcast.render import Renderer, ThreadLimits
+from bzi_broadcast.service import Service
+from bzi_broadcast.store.announcements import Announcements
+from bzi_broadcast.store.schema import deliveries
+from bzi_broadcast.testing.mastodon import Fault, MastodonServer
+from bzi_broadcast.testing.smtp import SmtpCapture
+
+from .conftest import EXAMPLE
+from .test_delivery import settings_for, wait_until
+
+
+@pytest.fixture
+async def mastodon_api() -> AsyncIterator[tuple[MastodonServer, str]]:
+    api = MastodonServer(token="secret", processing_seconds=0.2)
+    http = TestServer(api.app(), host="127.0.0.1")
+    await http.start_server()
+    yield api, f"http://127.0.0.1:{http.port}"
+    await http.close()
+
+
+async def run_announcement(
+    engine: AsyncEngine, database_url: str, base_url: str, token: str = "secret"
+) -> tuple[int, Service]:
+    smtp = await SmtpCapture().start()
+    base = settings_for(database_url, smtp.port)
+    settings = base.model_copy(
+        update={
+            "mastodon": base.mastodon.model_copy(
+                update={"enabled": True, "base_url": base_url, "access_token": SecretStr(token)}
+            )
+        }
+    )
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    store = Announcements(engine)
+    announcement_id = await store.create(
+        load_announcement(EXAMPLE), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+    )
+    try:
+        await wait_until(lambda: _finished(store, announcement_id), timeout=60)
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+        await smtp.stop()
+    return announcement_id, service
+
+
+async def _finished(store: Announcements, announcement_id: int) -> bool:
+    return (await store.get(announcement_id)).status in (S.SENT, S.PARTIALLY_FAILED)
+
+
+async def test_thread_is_posted_in_order_with_the_instance_limit(
+    engine: AsyncEngine, database_url: str, mastodon_api: tuple[MastodonServer, str]
+) -> None:
+    api, url = mastodon_api
+    api.max_characters = 1000
+    announcement_id, _service = await run_announcement(engine, database_url, url)
+    thread = api.thread()
+    expected = (
+        Renderer().mastodon(load_announcement(EXAMPLE), ThreadLimits(max_characters=1000)).posts
+    )
+    assert [s["text"] for s in thread] == [p.text for p in expected]
+    assert all(thread[i]["in_reply_to_id"] == thread[i - 1]["id"] for i in range(1, len(thread)))
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(deliveries).where(
+                    deliveries.c.announcement_id == announcement_id,
+                    deliveries.c.channel == "mastodon",
+                )
+            )
+        ).one()
+    assert row.status == "sent"
+    assert row.remote_id == thread[0]["url"]
+
+
+async def test_a_failure_mid_thread_continues_without_duplicates(
+    engine: AsyncEngine, database_url: str, mastodon_api: tuple[MastodonServer, str]
+) -> None:
+    api, url = mastodon_api
+    # Part 3 fails with a 503 (call 3); its retry is call 4; part 4 is posted but its answer is
+    # lost (call 5): the retry with the same Idempotency-Key gets the original back.
+    api.inject("POST /api/v1/statuses", Fault(status=503, error="Service Unavailable", on_call=3))
+    api.inject("POST /api/v1/statuses", Fault(drop=True, after=True, on_call=5))
+    announcement_id, _service = await run_announcement(engine, database_url, url)
+    thread = api.thread()
+    texts = [s["text"] for s in thread]
+    assert len(texts) == len(set(texts))  # no part posted twice
+    assert len(thread) == len(Renderer().mastodon(load_announcement(EXAMPLE)).posts)
+    assert all(thread[i]["in_reply_to_id"] == thread[i - 1]["id"] for i in range(1, len(thread)))
+    assert (await Announcements(engine).get(announcement_id)).status == S.SENT
+    posts_tried = [c for c in api.calls if c[1] == "/api/v1/statuses"]
+    assert len(posts_tried) == len(thread) + 2
+    keys = [c[2].get("Idempotency-Key") for c in posts_tried]
+    assert keys[2] == keys[3]  # the 503'd part was retried with its key
+    assert keys[4] == keys[5]  # and so was the part whose answer was lost
+
+
+async def test_a_wrong_token_pauses_the_channel_as_needing_reconnect(
+    engine: AsyncEngine, database_url: str, mastodon_api: tuple[MastodonServer, str]
+) -> None:
+    api, url = mastodon_api
+    smtp = await SmtpCapture().start()
+    base = settings_for(database_url, smtp.port)
+    settings = base.model_copy(
+        update={
+            "mastodon": base.mastodon.model_copy(
+                update={"enabled": True, "base_url": url, "access_token": SecretStr("wrong")}
+            )
+        }
+    )
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    try:
+        await Announcements(engine).create(
+            load_announcement(EXAMPLE), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+        )
+        paused = await wait_until(lambda: control.paused_channels(engine), timeout=30)
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+        await smtp.stop()
+    assert "muss neu verbunden werden" in (paused["mastodon"] or "")
+    assert api.thread() == []
+    calls_with_wrong_token = [c for c in api.calls if c[1] == "/api/v1/statuses"]
+    assert len(calls_with_wrong_token) <= 1  # no retry storm
