@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -12,7 +14,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bzi_broadcast.content import load_announcement
+from bzi_broadcast.content import Announcement, load_announcement
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.render import Renderer, ThreadLimits
@@ -141,3 +143,43 @@ async def test_a_wrong_token_pauses_the_channel_as_needing_reconnect(
     assert api.thread() == []
     calls_with_wrong_token = [c for c in api.calls if c[1] == "/api/v1/statuses"]
     assert len(calls_with_wrong_token) <= 1  # no retry storm
+
+
+async def test_image_is_uploaded_with_alt_text_and_processed_first(
+    engine: AsyncEngine,
+    database_url: str,
+    mastodon_api: tuple[MastodonServer, str],
+    tmp_path: Path,
+) -> None:
+    api, url = mastodon_api
+    image = tmp_path / "podium.jpg"
+    image.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64)
+    data = json.loads(load_announcement(EXAMPLE).model_dump_json())
+    data["image"] = {"src": str(image), "alt": "Podium der Regionalkonferenz in Potsdam"}
+    announcement = Announcement.model_validate(data)
+    smtp = await SmtpCapture().start()
+    base = settings_for(database_url, smtp.port)
+    settings = base.model_copy(
+        update={
+            "mastodon": base.mastodon.model_copy(
+                update={"enabled": True, "base_url": url, "access_token": SecretStr("secret")}
+            )
+        }
+    )
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    store = Announcements(engine)
+    try:
+        announcement_id = await store.create(
+            announcement, actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+        )
+        await wait_until(lambda: _finished(store, announcement_id), timeout=60)
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+        await smtp.stop()
+    first = api.thread()[0]
+    assert first["media_attachments"][0]["description"] == "Podium der Regionalkonferenz in Potsdam"
+    assert first["media_attachments"][0]["url"]  # processed before the status was created
+    polls = [c for c in api.calls if c[1].startswith("/api/v1/media/")]
+    assert polls  # it waited for processing (206 → 200)

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast.content import load_announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.service import Service
 from bzi_broadcast.store.announcements import Announcements
@@ -119,3 +120,61 @@ async def test_seed_example_reaches_every_chat_and_errors_land_right(
 
 async def _finished(store: Announcements, announcement_id: int) -> bool:
     return (await store.get(announcement_id)).status in (S.SENT, S.PARTIALLY_FAILED)
+
+
+async def test_flood_answer_and_lost_connection_are_retried(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    from bzi_broadcast.testing.telegram import Fault
+
+    api = TelegramServer(
+        token=TOKEN, limits=Limits(per_second=300, per_chat_per_second=10, per_group_per_minute=600)
+    )
+    api.add_chat(1001)
+    api.add_chat(1002)
+    api.inject(
+        "sendMessage",
+        Fault(status=429, description="Too Many Requests: retry after 1", retry_after=1),
+    )
+    api.inject("sendMessage", Fault(drop=True))
+    await add_telegram_subscribers(engine, [1001, 1002])
+    http = TestServer(api.app(), host="127.0.0.1")
+    await http.start_server()
+    smtp = await SmtpCapture().start()
+    base = settings_for(database_url, smtp.port)
+    settings = base.model_copy(
+        update={
+            "telegram": base.telegram.model_copy(
+                update={
+                    "enabled": True,
+                    "token": SecretStr(TOKEN),
+                    "base_url": f"http://127.0.0.1:{http.port}/bot",
+                }
+            )
+        }
+    )
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    store = Announcements(engine)
+    try:
+        announcement_id = await store.create(
+            load_announcement(EXAMPLE), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+        )
+        await wait_until(lambda: _finished(store, announcement_id), timeout=60)
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+        await smtp.stop()
+        await http.close()
+    assert (await store.get(announcement_id)).status == S.SENT
+    async with engine.connect() as conn:
+        attempts = sorted(
+            (
+                await conn.execute(
+                    select(deliveries.c.attempts).where(deliveries.c.channel == "telegram")
+                )
+            ).scalars()
+        )
+    assert attempts == [2, 2]  # each chat hit one fault and got through on the retry
+    assert api.messages_to(1001)
+    assert api.messages_to(1002)
