@@ -178,3 +178,30 @@ async def test_flood_answer_and_lost_connection_are_retried(
     assert attempts == [2, 2]  # each chat hit one fault and got through on the retry
     assert api.messages_to(1001)
     assert api.messages_to(1002)
+
+
+async def test_pacer_keeps_every_window_under_the_limits_and_waits_out_a_flood() -> None:
+    import time
+
+    from bzi_broadcast.channels.telegram import Pacer, TelegramLimits
+
+    pacer = Pacer(TelegramLimits(per_second=200, per_chat_per_second=20, per_group_per_minute=600))
+    admitted: list[tuple[float, int]] = []
+
+    async def send(chat: int) -> None:
+        await pacer.wait(chat)
+        admitted.append((time.monotonic(), chat))
+
+    started = time.monotonic()
+    await asyncio.gather(*(send(chat) for chat in range(1, 301)), *(send(7) for _ in range(5)))
+    times = sorted(at for at, _ in admitted)
+    busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert busiest <= 200 * 0.97
+    assert time.monotonic() - started < 2.5  # and not much slower than the limit allows
+    sevens = sorted(at for at, chat in admitted if chat == 7)
+    assert min(b - a for a, b in zip(sevens, sevens[1:], strict=False)) >= 1 / 20
+
+    pacer.hold(0.3)
+    held = time.monotonic()
+    await pacer.wait(999)
+    assert time.monotonic() - held >= 0.29

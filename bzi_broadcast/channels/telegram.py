@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import deque
 from dataclasses import dataclass
 
 from telegram import Bot, LinkPreviewOptions, Message
@@ -47,27 +47,59 @@ class TelegramLimits:
 
 
 class Pacer:
-    """Spaces sends: an overall interval, and per chat (private) or per group."""
+    """Admits a send when it keeps every limit, judged at the moment of sending.
 
-    def __init__(self, limits: TelegramLimits) -> None:
-        self._limits = limits
-        self._next_overall = 0.0
-        self._next_chat: dict[int, float] = defaultdict(float)
+    Overall: sends evenly spaced at ``per_second`` (a late wake-up catches up by at most
+    ``catch_up`` sends, never in a burst), and at most ``per_second`` in any one-second window,
+    which is how Telegram counts. Per chat:
+    a minimum gap (one second for a private chat, three for a group at 20 per minute). It keeps
+    ``margin`` below each limit so that network jitter cannot make two sends look closer to
+    Telegram than they were sent. After a flood answer every send waits out its
+    ``retry_after``, as Telegram asks of the whole bot.
+    """
+
+    def __init__(self, limits: TelegramLimits, margin: float = 0.97, catch_up: int = 1) -> None:
+        self._per_second = max(2, int(limits.per_second * margin))
+        # even spacing alone keeps a one-second window at most ``_per_second``
+        self._spacing = 1.0 / (self._per_second - 1)
+        self._slack = catch_up * self._spacing
+        self._slot = 0.0  # when the last send was due on the even schedule
+        self._chat_gap = 1.0 / (limits.per_chat_per_second * margin)
+        self._group_gap = 60.0 / (limits.per_group_per_minute * margin)
+        self._recent: deque[float] = deque()
+        self._next_chat: dict[int, float] = {}
+        self._hold_until = 0.0
         self._lock = asyncio.Lock()
 
+    def hold(self, seconds: float) -> None:
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
     async def wait(self, chat_id: int) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            gap = (
-                60.0 / self._limits.per_group_per_minute
-                if chat_id < 0
-                else (1.0 / self._limits.per_chat_per_second)
-            )
-            start = max(now, self._next_overall, self._next_chat[chat_id])
-            self._next_overall = start + 1.0 / self._limits.per_second
-            self._next_chat[chat_id] = start + gap
-        if start > now:
-            await asyncio.sleep(start - now)
+        while True:
+            async with self._lock:
+                now = time.monotonic()
+                ready = self._ready(chat_id, now)
+                if now >= ready:
+                    self._admit(chat_id, now)
+                    return
+            await asyncio.sleep(ready - now)
+
+    def _ready(self, chat_id: int, now: float) -> float:
+        recent = self._recent
+        while recent and recent[0] <= now - 1.0:
+            recent.popleft()
+        ready = max(self._next_chat.get(chat_id, 0.0), self._hold_until)
+        ready = max(ready, self._slot + self._spacing)
+        if len(recent) >= self._per_second:
+            ready = max(ready, recent[0] + 1.0)
+        return ready
+
+    def _admit(self, chat_id: int, now: float) -> None:
+        self._recent.append(now)
+        self._slot = max(self._slot + self._spacing, now - self._slack)
+        if len(self._next_chat) > 10_000:  # forget chats whose gap is over (a fan-out is long)
+            self._next_chat = {c: t for c, t in self._next_chat.items() if t > now}
+        self._next_chat[chat_id] = now + (self._group_gap if chat_id < 0 else self._chat_gap)
 
 
 class TelegramChannel:
@@ -114,7 +146,10 @@ class TelegramChannel:
         except ChatMigrated:
             raise
         except TelegramError as exc:
-            raise _translate(exc) from exc
+            error = _translate(exc)
+            if isinstance(exc, RetryAfter) and isinstance(error, TransientError):
+                self._pacer.hold(error.retry_after or 0.0)
+            raise error from exc
 
     async def _call(self, chat_id: int, message: TelegramMessage) -> Message:
         preview = message.link_preview

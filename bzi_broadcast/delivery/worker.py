@@ -84,7 +84,7 @@ class Worker:
         self._on_suppress = on_suppress
         self._on_moved = on_moved
         self._pending: list[Outcome] = []
-        self._prepared: dict[int, Any] = {}
+        self._prepared: dict[int, asyncio.Future[Any]] = {}
         self._errors = ErrorRate(max(settings.pause_min_samples * 2, 100))
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -176,10 +176,22 @@ class Worker:
             await self._on_moved(item, receipt.new_recipient)
 
     async def _prepare(self, announcement_id: int) -> Any:
-        if announcement_id not in self._prepared:
-            record = await self._announcements.get(announcement_id)
-            self._prepared[announcement_id] = self.channel.prepare(record)
-        return self._prepared[announcement_id]
+        # One load per announcement: the sends of a batch start together and share its future.
+        future = self._prepared.get(announcement_id)
+        if future is None:
+            future = self._prepared[announcement_id] = asyncio.ensure_future(
+                self._load(announcement_id)
+            )
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                self._prepared.pop(announcement_id, None)  # the next send tries again
+            raise
+
+    async def _load(self, announcement_id: int) -> Any:
+        record = await self._announcements.get(announcement_id)
+        return self.channel.prepare(record)
 
     def _failure(self, item: Claimed, attempts: int, exc: DeliveryError) -> Outcome:
         now = utcnow()

@@ -100,6 +100,7 @@ class TelegramServer:
     faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     flood_answers: int = 0
     webhook_url: str = ""
+    accept_private: bool = False  # any positive chat id is a private chat that started the bot
 
     def __post_init__(self) -> None:
         self._updates: list[dict[str, Any]] = []
@@ -133,6 +134,8 @@ class TelegramServer:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_get("/_test/sent", self._recorded)
+        app.router.add_get("/_test/stats", self._stats)
+        app.router.add_post("/_test/fault/{method}", self._add_fault)
         return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -163,6 +166,22 @@ class TelegramServer:
             return web.Response(status=500)
         extra = {"retry_after": fault.retry_after} if fault.retry_after is not None else {}
         return _error(ApiError(fault.status, fault.description, **extra))
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        times = sorted(s.at for s in self.sent)
+        return web.json_response(
+            {
+                "sent": len(times),
+                "first": times[0] if times else None,
+                "last": times[-1] if times else None,
+                "flood_answers": self.flood_answers,
+            }
+        )
+
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.inject(request.match_info["method"], Fault(**body))
+        return web.json_response({"ok": True})
 
     async def _recorded(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -245,6 +264,8 @@ class TelegramServer:
         except ValueError:
             raise ApiError(400, "Bad Request: chat not found") from None
         chat = self.chats.get(chat_id)
+        if chat is None and self.accept_private and chat_id > 0:
+            chat = self.add_chat(chat_id)
         if chat is None:
             raise ApiError(400, "Bad Request: chat not found")
         if chat.migrated_to is not None:
@@ -372,11 +393,22 @@ def main() -> None:
         default=[],
         help="a private chat id to accept (repeatable)",
     )
+    parser.add_argument(
+        "--accept-private",
+        action="store_true",
+        help="accept every positive chat id as a private chat",
+    )
+    parser.add_argument("--per-second", type=float, default=30.0)
+    parser.add_argument("--per-chat-per-second", type=float, default=1.0)
     args = parser.parse_args()
-    server = TelegramServer(token=args.token)
+    server = TelegramServer(
+        token=args.token,
+        accept_private=args.accept_private,
+        limits=Limits(per_second=args.per_second, per_chat_per_second=args.per_chat_per_second),
+    )
     for chat_id in args.chat:
         server.add_chat(chat_id)
-    web.run_app(server.app(), host=args.host, port=args.port)
+    web.run_app(server.app(), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":
