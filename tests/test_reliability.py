@@ -2,6 +2,8 @@
 
 - SIGKILL in the middle of a 20,000-recipient send, three times, restarting each time: every
   recipient receives the newsletter; duplicates are at most the in-flight window per kill.
+- SIGKILL between two parts of a Mastodon thread: the restart continues the thread with the
+  stored Idempotency-Keys, and no status is posted twice.
 - Two ``serve`` processes on one PostgreSQL database: every message once, released once.
 """
 
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.schema import announcement_events, deliveries, subscribers
+from bzi_broadcast.testing.mastodon import MastodonServer
 from bzi_broadcast.testing.smtp import SmtpCapture
 
 from .test_delivery import example_announcement, wait_until
@@ -31,7 +34,9 @@ from .test_delivery import example_announcement, wait_until
 WINDOW = 100
 
 
-def serve(database_url: str, smtp_port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def serve(
+    database_url: str, smtp_port: int, workdir: Path, **extra: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "BZI_DATABASE_URL": database_url,
@@ -43,6 +48,7 @@ def serve(database_url: str, smtp_port: int, workdir: Path) -> subprocess.Popen[
         "BZI_DELIVERY_POLL_INTERVAL": "0.1",
         "BZI_DELIVERY_SWEEP_INTERVAL": "0.5",
         "BZI_DELIVERY_LEASE_SECONDS": "3",
+        **extra,
     }
     log = (workdir / f"serve-{len(list(workdir.glob('serve-*')))}.log").open("wb")
     return subprocess.Popen(
@@ -126,6 +132,61 @@ async def test_sigkill_mid_send_loses_nothing(
     duplicates = sum(n - 1 for n in counts.values())
     assert duplicates <= 3 * WINDOW
     assert await sent_count(engine, announcement_id) == total
+
+
+async def test_sigkill_between_two_parts_of_a_mastodon_thread_continues_it(
+    engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from bzi_broadcast.content import load_announcement
+    from bzi_broadcast.render import Renderer
+    from bzi_broadcast.testing.mastodon import Fault
+
+    from .conftest import EXAMPLE
+
+    api = MastodonServer(token="secret", processing_seconds=0.1)
+    # Part 2 is created, then its answer hangs: the process dies with the status posted but its
+    # id unknown — the worst moment for a retry without an Idempotency-Key.
+    api.inject("POST /api/v1/statuses", Fault(delay=120, after=True, on_call=2))
+    http = TestServer(api.app(), host="127.0.0.1")
+    await http.start_server()
+    mastodon = {
+        "BZI_MASTODON_ENABLED": "true",
+        "BZI_MASTODON_BASE_URL": f"http://127.0.0.1:{http.port}",
+        "BZI_MASTODON_ACCESS_TOKEN": "secret",
+    }
+    try:
+        async with SmtpCapture() as smtp:
+            announcement_id = await Announcements(engine).create(
+                load_announcement(EXAMPLE),
+                actor="test",
+                status=S.SCHEDULED,
+                publish_at=datetime.now(UTC),
+            )
+            process = serve(database_url, smtp.port, tmp_path, **mastodon)
+            await until(partial(_posted, api, 2), timeout=60)
+            process.send_signal(signal.SIGKILL)
+            await exited(process)
+            process = serve(database_url, smtp.port, tmp_path, **mastodon)
+            try:
+                await until(lambda: _is(engine, announcement_id, S.SENT), timeout=60)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                assert await exited(process) == 0
+    finally:
+        await http.close()
+    thread = api.thread()
+    expected = Renderer().mastodon(load_announcement(EXAMPLE)).posts
+    assert [s["text"] for s in thread] == [p.text for p in expected]
+    assert len(api.statuses) == len(expected)  # nothing posted twice
+    assert all(thread[i]["in_reply_to_id"] == thread[i - 1]["id"] for i in range(1, len(thread)))
+    keys = [c[2].get("Idempotency-Key") for c in api.calls if c[1] == "/api/v1/statuses"]
+    assert keys[1] == keys[2]  # the restart retried part 2 with the key stored before the crash
+
+
+async def _posted(api: MastodonServer, count: int) -> bool:
+    return len(api.statuses) >= count
 
 
 async def _at_least(smtp: SmtpCapture, count: int) -> bool:
