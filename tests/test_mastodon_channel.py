@@ -183,3 +183,25 @@ async def test_image_is_uploaded_with_alt_text_and_processed_first(
     assert first["media_attachments"][0]["url"]  # processed before the status was created
     polls = [c for c in api.calls if c[1].startswith("/api/v1/media/")]
     assert polls  # it waited for processing (206 → 200)
+
+
+async def test_an_instance_with_an_unusable_limit_fails_the_row_with_a_clear_message(
+    engine: AsyncEngine, database_url: str, mastodon_api: tuple[MastodonServer, str]
+) -> None:
+    api, url = mastodon_api
+    api.max_characters = 20  # fewer than a numbered post needs
+    announcement_id, _service = await run_announcement(engine, database_url, url)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(deliveries).where(
+                    deliveries.c.announcement_id == announcement_id,
+                    deliveries.c.channel == "mastodon",
+                )
+            )
+        ).one()
+    assert row.status == "failed"
+    assert "unbrauchbare Grenzen" in row.last_error
+    assert "max_characters" in row.last_error
+    assert api.thread() == []
+    assert row.attempts == 1  # permanent: no retries

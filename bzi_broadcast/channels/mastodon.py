@@ -40,6 +40,7 @@ from bzi_broadcast.errors import (
     TransientError,
     UnknownOutcomeError,
 )
+from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer, ThreadLimits
 from bzi_broadcast.render.renditions import MastodonPost
 from bzi_broadcast.store.announcements import AnnouncementRecord
@@ -48,6 +49,7 @@ from bzi_broadcast.store.parts import Parts
 T = TypeVar("T")
 MEDIA_POLL_SECONDS = 0.5
 MEDIA_POLL_LIMIT = 120
+LIMITS_MAX_AGE = 3600.0  # an admin may change the instance's limits; read them again hourly
 
 
 class Budget:
@@ -63,7 +65,9 @@ class Budget:
             self._calls.popleft()
         if len(self._calls) >= self._count:
             wait = self._calls[0] + self._seconds - now
-            raise TransientError(f"Mastodon: Budget für {what} erschöpft", retry_after=wait)
+            raise TransientError(
+                _("Mastodon: Budget für {what} erschöpft").format(what=what), retry_after=wait
+            )
         self._calls.append(now)
 
 
@@ -72,6 +76,35 @@ class MastodonBudgets:
     requests: tuple[int, float] = (300, 300.0)
     statuses: tuple[int, float] = (300, 3 * 3600.0)
     media: tuple[int, float] = (30, 1800.0)
+
+
+@dataclass(frozen=True)
+class InstanceLimits:
+    """What ``/api/v2/instance`` says about statuses and media."""
+
+    thread: ThreadLimits
+    description_limit: int
+    image_size_limit: int
+
+    @classmethod
+    def parse(cls, instance: Any) -> InstanceLimits:
+        try:
+            configuration = instance["configuration"]
+            statuses, media = configuration["statuses"], configuration["media_attachments"]
+            return cls(
+                thread=ThreadLimits(
+                    max_characters=int(statuses["max_characters"]),
+                    url_length=int(statuses["characters_reserved_per_url"]),
+                ),
+                description_limit=int(media.get("description_limit", 1500)),
+                image_size_limit=int(media["image_size_limit"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentError(
+                _("Mastodon: die Instanz meldet unbrauchbare Grenzen ({problem})").format(
+                    problem=exc
+                )
+            ) from exc
 
 
 class MastodonChannel:
@@ -96,13 +129,18 @@ class MastodonChannel:
         self._statuses = Budget(*budgets.statuses)
         self._media = Budget(*budgets.media)
         self._image_root = image_root or Path.cwd()
-        self._limits: ThreadLimits | None = None
+        self._limits: InstanceLimits | None = None
+        self._limits_read = 0.0
 
     def prepare(self, record: AnnouncementRecord) -> Announcement:
         return record.announcement()
 
     async def send(self, prepared: Announcement, delivery: Claimed) -> Receipt:
-        posts = self._renderer.mastodon(prepared, await self.limits()).posts
+        limits = await self.limits()
+        try:
+            posts = self._renderer.mastodon(prepared, limits.thread).posts
+        except ValueError as exc:  # e.g. a hashtag longer than the instance allows in a post
+            raise PermanentError(f"Mastodon: {exc}") from exc
         done = await self._parts.of(delivery.id)
         parent: str | None = None
         first_url: str | None = None
@@ -116,26 +154,24 @@ class MastodonChannel:
                 continue
             else:
                 key = part.idempotency_key
-            status = await self._post(post, parent, key)
+            status = await self._post(post, parent, key, limits)
             parent = str(status["id"])
             await self._parts.done(delivery.id, number, parent, status.get("url"))
             first_url = first_url or status.get("url")
         return Receipt(remote_id=first_url)
 
-    async def limits(self) -> ThreadLimits:
-        """The instance's limits from ``/api/v2/instance``, read once."""
-        if self._limits is None:
-            instance = await self._call(self._client.instance_v2)
-            statuses = instance["configuration"]["statuses"]
-            self._limits = ThreadLimits(
-                max_characters=int(statuses["max_characters"]),
-                url_length=int(statuses["characters_reserved_per_url"]),
-            )
+    async def limits(self) -> InstanceLimits:
+        """The instance's limits from ``/api/v2/instance``, read at most once an hour."""
+        if self._limits is None or time.monotonic() - self._limits_read > LIMITS_MAX_AGE:
+            self._limits = InstanceLimits.parse(await self._call(self._client.instance_v2))
+            self._limits_read = time.monotonic()
         return self._limits
 
-    async def _post(self, post: MastodonPost, parent: str | None, key: str) -> Any:
-        media_ids = [await self._upload(src, post.media_description) for src in post.media]
-        self._statuses.take("Beiträge")
+    async def _post(
+        self, post: MastodonPost, parent: str | None, key: str, limits: InstanceLimits
+    ) -> Any:
+        media_ids = [await self._upload(src, post.media_description, limits) for src in post.media]
+        self._statuses.take(_("Beiträge"))
         return await self._call(
             partial(
                 self._client.status_post,
@@ -149,21 +185,39 @@ class MastodonChannel:
             )
         )
 
-    async def _upload(self, src: str, description: str | None) -> str:
-        self._media.take("Medien")
+    async def _upload(self, src: str, description: str | None, limits: InstanceLimits) -> str:
         path = self._image_root / src
+        if description and len(description) > limits.description_limit:
+            raise PermanentError(
+                _("Mastodon: der Alternativtext von {image} ist länger als {limit} Zeichen").format(
+                    image=src, limit=limits.description_limit
+                )
+            )
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise PermanentError(
+                _("Mastodon: Bild {image} nicht lesbar").format(image=src)
+            ) from exc
+        if size > limits.image_size_limit:
+            raise PermanentError(
+                _("Mastodon: Bild {image} ist größer als {limit} Bytes").format(
+                    image=src, limit=limits.image_size_limit
+                )
+            )
+        self._media.take(_("Medien"))
         media = await self._call(
             partial(self._client.media_post, str(path), description=description)
         )
-        for _ in range(MEDIA_POLL_LIMIT):  # 202 → 206 … → 200 (processed)
+        for _poll in range(MEDIA_POLL_LIMIT):  # 202 → 206 … → 200 (processed)
             if media.get("url"):
                 return str(media["id"])
             await asyncio.sleep(MEDIA_POLL_SECONDS)
             media = await self._call(partial(self._client.media, media["id"]))
-        raise TransientError("Mastodon: Bild wird noch verarbeitet")
+        raise TransientError(_("Mastodon: Bild wird noch verarbeitet"))
 
     async def _call(self, work: Callable[[], T]) -> T:
-        self._requests.take("Anfragen")
+        self._requests.take(_("Anfragen"))
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, work)
@@ -176,7 +230,9 @@ class MastodonChannel:
             return ChannelAuthError(f"Mastodon: {_message(exc)}")
         if isinstance(exc, MastodonRatelimitError):
             reset = getattr(self._client, "ratelimit_reset", None) or time.time() + 60
-            return TransientError("Mastodon: Ratenlimit", retry_after=max(0.0, reset - time.time()))
+            return TransientError(
+                _("Mastodon: Ratenlimit"), retry_after=max(0.0, reset - time.time())
+            )
         if isinstance(exc, MastodonServerError):
             return TransientError(f"Mastodon: {_message(exc)}")
         if isinstance(exc, MastodonNotFoundError | MastodonAPIError):
