@@ -159,7 +159,7 @@ def settings(url: str, smtp_port: int, telegram_port: int) -> Settings:
             "database": base.database.model_copy(update={"url": url}),
             "smtp": base.smtp.model_copy(update={"port": smtp_port}),
             "delivery": base.delivery.model_copy(
-                update={"window": 500, "poll_interval": 0.1, "sweep_interval": 0.5}
+                update={"poll_interval": 0.1, "sweep_interval": 0.5}
             ),
             "telegram": base.telegram.model_copy(
                 update={

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -255,6 +256,9 @@ class Service:
         await load_bucket(self.engine, self.email.bucket)
         await self.outbox.requeue_expired_leases()
         await self.scheduler.start()
+        # What exists now (modules, templates, clients) lives as long as the process: keep it out
+        # of the collector's full passes, which otherwise pause sending (bench/telegram_fanout).
+        gc.freeze()
         tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
         log.info(
             "serving worker_id=%s database=%s",

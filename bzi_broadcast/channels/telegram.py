@@ -59,9 +59,8 @@ class Pacer:
     """
 
     def __init__(self, limits: TelegramLimits, margin: float = 0.97, catch_up: int = 1) -> None:
-        self._per_second = max(2, int(limits.per_second * margin))
-        # even spacing alone keeps a one-second window at most ``_per_second``
-        self._spacing = 1.0 / (self._per_second - 1)
+        self._per_second = max(1, int(limits.per_second * margin))
+        self._spacing = 1.0 / self._per_second  # a one-second window holds ``_per_second``
         self._slack = catch_up * self._spacing
         self._slot = 0.0  # when the last send was due on the even schedule
         self._chat_gap = 1.0 / (limits.per_chat_per_second * margin)
