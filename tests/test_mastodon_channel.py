@@ -38,7 +38,11 @@ async def mastodon_api() -> AsyncIterator[tuple[MastodonServer, str]]:
 
 
 async def run_announcement(
-    engine: AsyncEngine, database_url: str, base_url: str, token: str = "secret"
+    engine: AsyncEngine,
+    database_url: str,
+    base_url: str,
+    token: str = "secret",
+    announcement: Announcement | None = None,
 ) -> tuple[int, Service]:
     smtp = await SmtpCapture().start()
     base = settings_for(database_url, smtp.port)
@@ -53,7 +57,10 @@ async def run_announcement(
     task = asyncio.create_task(service.run())
     store = Announcements(engine)
     announcement_id = await store.create(
-        load_announcement(EXAMPLE), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+        announcement or load_announcement(EXAMPLE),
+        actor="t",
+        status=S.SCHEDULED,
+        publish_at=datetime.now(UTC),
     )
     try:
         await wait_until(lambda: _finished(store, announcement_id), timeout=60)
@@ -205,3 +212,31 @@ async def test_an_instance_with_an_unusable_limit_fails_the_row_with_a_clear_mes
     assert "max_characters" in row.last_error
     assert api.thread() == []
     assert row.attempts == 1  # permanent: no retries
+
+
+async def test_a_remote_image_is_fetched_and_uploaded(
+    engine: AsyncEngine, database_url: str, mastodon_api: tuple[MastodonServer, str]
+) -> None:
+    from aiohttp import web
+
+    api, url = mastodon_api
+    jpeg = b"\xff\xd8\xff\xe0" + b"\x01" * 64
+
+    async def image(_request: web.Request) -> web.Response:
+        return web.Response(body=jpeg, content_type="image/jpeg")
+
+    images = web.Application()
+    images.router.add_get("/podium.jpg", image)
+    web_server = TestServer(images, host="127.0.0.1")
+    await web_server.start_server()
+    data = json.loads(load_announcement(EXAMPLE).model_dump_json())
+    data["image"] = {"src": f"http://127.0.0.1:{web_server.port}/podium.jpg", "alt": "Podium"}
+    try:
+        await run_announcement(
+            engine, database_url, url, announcement=Announcement.model_validate(data)
+        )
+    finally:
+        await web_server.close()
+    first = api.thread()[0]
+    assert first["media_attachments"][0]["description"] == "Podium"
+    assert api.media[first["media_attachments"][0]["id"]].content == jpeg

@@ -10,14 +10,16 @@ and polled until processed before the status that uses them is created.
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import time
+import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from mastodon import (
@@ -49,6 +51,7 @@ from bzi_broadcast.store.parts import Parts
 T = TypeVar("T")
 MEDIA_POLL_SECONDS = 0.5
 MEDIA_POLL_LIMIT = 120
+IMAGE_TIMEOUT = 30.0
 LIMITS_MAX_AGE = 3600.0  # an admin may change the instance's limits; read them again hourly
 
 
@@ -186,28 +189,25 @@ class MastodonChannel:
         )
 
     async def _upload(self, src: str, description: str | None, limits: InstanceLimits) -> str:
-        path = self._image_root / src
         if description and len(description) > limits.description_limit:
             raise PermanentError(
                 _("Mastodon: der Alternativtext von {image} ist länger als {limit} Zeichen").format(
                     image=src, limit=limits.description_limit
                 )
             )
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise PermanentError(
-                _("Mastodon: Bild {image} nicht lesbar").format(image=src)
-            ) from exc
-        if size > limits.image_size_limit:
-            raise PermanentError(
-                _("Mastodon: Bild {image} ist größer als {limit} Bytes").format(
-                    image=src, limit=limits.image_size_limit
-                )
-            )
+        loop = asyncio.get_running_loop()
+        content, mime_type = await loop.run_in_executor(
+            self._pool, self._read_image, src, limits.image_size_limit
+        )
         self._media.take(_("Medien"))
         media = await self._call(
-            partial(self._client.media_post, str(path), description=description)
+            partial(
+                self._client.media_post,
+                content,
+                mime_type=mime_type,
+                description=description,
+                file_name=PurePosixPath(src).name,
+            )
         )
         for _poll in range(MEDIA_POLL_LIMIT):  # 202 → 206 … → 200 (processed)
             if media.get("url"):
@@ -215,6 +215,31 @@ class MastodonChannel:
             await asyncio.sleep(MEDIA_POLL_SECONDS)
             media = await self._call(partial(self._client.media, media["id"]))
         raise TransientError(_("Mastodon: Bild wird noch verarbeitet"))
+
+    def _read_image(self, src: str, limit: int) -> tuple[bytes, str]:
+        """The image's bytes and type, from its URL or the local file (in the thread pool)."""
+        unreadable = _("Mastodon: Bild {image} nicht lesbar ({reason})")
+        if src.startswith(("https://", "http://")):
+            request = urllib.request.Request(src, headers={"User-Agent": "bzi-broadcast"})  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=IMAGE_TIMEOUT) as answer:  # noqa: S310
+                    content = answer.read(limit + 1)
+                    mime_type = answer.headers.get_content_type()
+            except (OSError, ValueError) as exc:  # the web server may be back later
+                raise TransientError(unreadable.format(image=src, reason=exc)) from exc
+        else:
+            try:
+                content = (self._image_root / src).read_bytes()
+            except OSError as exc:
+                raise PermanentError(unreadable.format(image=src, reason=exc)) from exc
+            mime_type = mimetypes.guess_type(src)[0] or "application/octet-stream"
+        if len(content) > limit:
+            raise PermanentError(
+                _("Mastodon: Bild {image} ist größer als {limit} Bytes").format(
+                    image=src, limit=limit
+                )
+            )
+        return content, mime_type
 
     async def _call(self, work: Callable[[], T]) -> T:
         self._requests.take(_("Anfragen"))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
+from pathlib import Path
 
-from telegram import Bot, LinkPreviewOptions, Message
+from telegram import Bot, InputFile, LinkPreviewOptions, Message
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -34,6 +35,7 @@ from bzi_broadcast.errors import (
     TransientError,
     UnknownOutcomeError,
 )
+from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.render.renditions import TelegramMessage, TelegramRendition
 from bzi_broadcast.store.announcements import AnnouncementRecord
@@ -105,12 +107,20 @@ class TelegramChannel:
     name = "telegram"
 
     def __init__(
-        self, bot: Bot, renderer: Renderer, limits: TelegramLimits, concurrency: int = 32
+        self,
+        bot: Bot,
+        renderer: Renderer,
+        limits: TelegramLimits,
+        concurrency: int = 32,
+        image_root: Path | None = None,
     ) -> None:
         self.concurrency = concurrency
         self._bot = bot
         self._renderer = renderer
         self._pacer = Pacer(limits)
+        self._image_root = image_root or Path.cwd()
+        self._file_ids: dict[str, str] = {}
+        self._uploading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._started = False
 
     def prepare(self, record: AnnouncementRecord) -> TelegramRendition:
@@ -118,7 +128,10 @@ class TelegramChannel:
 
     async def send(self, prepared: TelegramRendition, delivery: Claimed) -> Receipt:
         if not self._started:
-            await self._bot.initialize()
+            try:
+                await self._bot.initialize()  # getMe: a revoked token shows here first
+            except TelegramError as exc:
+                raise _translate(exc) from exc
             self._started = True
         chat_id = int(delivery.recipient)
         migrated: int | None = None
@@ -159,12 +172,39 @@ class TelegramChannel:
             show_above_text=preview.show_above_text,
         )
         if message.photo:
-            return await self._bot.send_photo(
-                chat_id, message.photo, caption=message.text, parse_mode=message.parse_mode
-            )
+            return await self._send_photo(chat_id, message, message.photo)
         return await self._bot.send_message(
             chat_id, message.text, parse_mode=message.parse_mode, link_preview_options=options
         )
+
+    async def _send_photo(self, chat_id: int, message: TelegramMessage, src: str) -> Message:
+        """The first send uploads the image (or lets Telegram fetch its URL); every later one
+        passes the file id Telegram returned, so an image goes up once, not once per chat."""
+        if src not in self._file_ids:
+            async with self._uploading[src]:
+                if src not in self._file_ids:
+                    sent = await self._bot.send_photo(
+                        chat_id,
+                        self._photo(src),
+                        caption=message.text,
+                        parse_mode=message.parse_mode,
+                    )
+                    if sent.photo:
+                        self._file_ids[src] = sent.photo[-1].file_id
+                    return sent
+        return await self._bot.send_photo(
+            chat_id, self._file_ids[src], caption=message.text, parse_mode=message.parse_mode
+        )
+
+    def _photo(self, src: str) -> str | InputFile:
+        if src.startswith(("https://", "http://")):
+            return src
+        try:
+            content = (self._image_root / src).read_bytes()
+        except OSError as exc:
+            message = _("Telegram: Bild {image} nicht lesbar").format(image=src)
+            raise PermanentError(message) from exc
+        return InputFile(content, filename=Path(src).name)
 
     async def aclose(self) -> None:
         if self._started:

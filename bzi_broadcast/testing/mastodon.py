@@ -51,6 +51,7 @@ class Media:
     id: str
     description: str
     ready_at: float
+    content: bytes = b""
 
 
 @dataclass
@@ -266,7 +267,7 @@ class MastodonServer:
 
     async def _post_media(self, request: web.Request) -> web.Response:
         form = await _form(request)
-        if form.get("file") is None:
+        if not isinstance(form.get("file"), bytes):
             return self._json({"error": "Validation failed: File can't be blank"}, 422)
         description = str(form.get("description") or "")
         if len(description) > self.description_limit:
@@ -282,6 +283,7 @@ class MastodonServer:
             id=media_id,
             description=description,
             ready_at=time.monotonic() + self.processing_seconds,
+            content=form["file"],
         )
         return self._json(self._media_json(media_id), 202)
 
@@ -368,7 +370,8 @@ async def _form(request: web.Request) -> dict[str, Any]:
         return data
     form: dict[str, Any] = {}
     for key, value in (await request.post()).items():
-        value = value if isinstance(value, str) else "<file>"
+        if isinstance(value, web.FileField):  # an uploaded file
+            value = value.file.read()
         if key.endswith("[]"):
             form.setdefault(key[:-2], []).append(value)
         else:

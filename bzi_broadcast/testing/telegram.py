@@ -49,6 +49,9 @@ JSON_FIELDS = frozenset(
 )
 
 
+UPLOAD = "<uploaded file>"  # a multipart file part, as recorded in the parameters
+
+
 @dataclass(frozen=True, kw_only=True)
 class Limits:
     per_second: float = 30.0  # all chats together
@@ -101,6 +104,7 @@ class TelegramServer:
     faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     flood_answers: int = 0
     webhook_url: str = ""
+    files: set[str] = field(default_factory=set)  # file ids issued for uploaded photos
     accept_private: bool = False  # any positive chat id is a private chat that started the bot
 
     def __post_init__(self) -> None:
@@ -221,8 +225,15 @@ class TelegramServer:
 
     async def _m_sendphoto(self, params: dict[str, Any]) -> dict[str, Any]:
         chat = self._chat(params)
-        if not params.get("photo"):
+        photo = params.get("photo")
+        if not photo:
             raise ApiError(400, "Bad Request: there is no photo in the request")
+        # sendPhoto: "Pass a file_id … pass an HTTP URL … or upload a new photo using
+        # multipart/form-data"
+        if not (
+            photo == UPLOAD or photo.startswith(("http://", "https://")) or photo in self.files
+        ):
+            raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
         caption, entities = _parse(params.get("caption", ""), params.get("parse_mode"))
         if utf16_length(caption) > 1024:
             raise ApiError(400, "Bad Request: message caption is too long")
@@ -339,9 +350,12 @@ class TelegramServer:
         if entities:
             message["caption_entities" if key == "caption" else "entities"] = entities
         if method == "sendPhoto":
+            photo = params["photo"]
+            file_id = photo if photo in self.files else f"photo-{len(self.files) + 1}"
+            self.files.add(file_id)
             message["photo"] = [
                 {
-                    "file_id": f"photo-{message_id}",
+                    "file_id": file_id,
                     "file_unique_id": "u",
                     "width": 800,
                     "height": 600,
@@ -368,7 +382,7 @@ async def _params(request: web.Request) -> dict[str, Any]:
             params.update(await request.json())
         else:
             for key, value in (await request.post()).items():
-                params[key] = value if isinstance(value, str) else "<file>"
+                params[key] = value if isinstance(value, str) else UPLOAD
     for key in JSON_FIELDS & params.keys():
         if isinstance(params[key], str):
             params[key] = json.loads(params[key])
