@@ -151,6 +151,7 @@ def serve(url: str, workdir: Path, index: int) -> subprocess.Popen[bytes]:
         "BZI_DELIVERY_WINDOW": "400",
         "BZI_DELIVERY_POLL_INTERVAL": "0.2",
         "BZI_DELIVERY_SWEEP_INTERVAL": "0.5",
+        "BZI_WEB_PORT": "0",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "bzi_broadcast", "serve"],

@@ -157,6 +157,7 @@ def settings(url: str, smtp_port: int, telegram_port: int) -> Settings:
     return base.model_copy(
         update={
             "database": base.database.model_copy(update={"url": url}),
+            "web": base.web.model_copy(update={"port": 0}),
             "smtp": base.smtp.model_copy(update={"port": smtp_port}),
             "delivery": base.delivery.model_copy(
                 update={"poll_interval": 0.1, "sweep_interval": 0.5}

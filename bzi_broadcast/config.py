@@ -100,6 +100,47 @@ class TelegramSettings(_Section):
     per_group_per_minute: float = Field(default=20.0, gt=0)
     paid_broadcast: bool = False
     paid_per_second: float = Field(default=1000.0, gt=0)
+    bot: bool = True  # answer /start, /stop, /themen … (needs enabled = true)
+    webhook_url: str | None = None  # public HTTPS URL of /telegram/webhook; None: long polling
+    webhook_secret: SecretStr | None = None  # X-Telegram-Bot-Api-Secret-Token
+
+
+class WebSettings(_Section):
+    """The service's HTTP server: public pages, archive and feed (and later admin and API)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    trust_proxy: bool = False  # take the client IP from X-Forwarded-For (behind a reverse proxy)
+
+
+class Topic(_Section):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    de: str
+    en: str
+
+
+class SubscriberSettings(_Section):
+    consent_version: str = "2026-11"
+    consent_text_de: str = (
+        "Ich möchte den Newsletter des BZI per E-Mail erhalten. Meine Einwilligung kann ich "
+        "jederzeit über den Abmeldelink in jeder E-Mail widerrufen."
+    )
+    consent_text_en: str = (
+        "I want to receive the BZI newsletter by email. I can withdraw my consent at any time "
+        "through the unsubscribe link in every email."
+    )
+    ip_logging: Literal["full", "truncated", "none"] = "truncated"
+    confirm_hours: int = Field(default=72, ge=1, description="how long a confirmation link works")
+    unconfirmed_days: int = Field(default=30, ge=1, description="then unconfirmed sign-ups go")
+    signups_per_ip_per_hour: int = Field(default=10, ge=1)
+    confirmations_per_address_per_day: int = Field(default=3, ge=1)
+    topics: list[Topic] = Field(
+        default_factory=lambda: [
+            Topic(id="veranstaltungen", de="Veranstaltungen", en="Events"),
+            Topic(id="stellungnahmen", de="Stellungnahmen", en="Statements"),
+            Topic(id="projekte", de="Projekte", en="Projects"),
+        ]
+    )
 
 
 class SecuritySettings(_Section):
@@ -115,6 +156,8 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     mastodon: MastodonSettings = MastodonSettings()
     telegram: TelegramSettings = TelegramSettings()
+    web: WebSettings = WebSettings()
+    subscribers: SubscriberSettings = SubscriberSettings()
     security: SecuritySettings = SecuritySettings()
 
 

@@ -17,6 +17,7 @@ import socket
 import uuid
 from datetime import timedelta
 
+from aiohttp import web
 from mastodon import Mastodon
 from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Bot
@@ -52,6 +53,8 @@ from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.store.parts import Parts
 from bzi_broadcast.subscribers.store import set_telegram_chat, suppress
 from bzi_broadcast.tokens import TokenSigner
+from bzi_broadcast.web import routes
+from bzi_broadcast.web.app import WebContext, create_app, start_site
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,17 @@ class Service:
         )
         self._stopped = asyncio.Event()
         self._fan_outs: dict[int, asyncio.Task[None]] = {}
+        self.web = create_app(
+            WebContext(
+                settings=settings,
+                engine=self.engine,
+                renderer=self.renderer,
+                signer=signer(settings),
+                extras={"email": self.email},
+            ),
+            *routes.SETUPS,
+        )
+        self.web_port: int | None = None  # the bound port, once serving (web.port may be 0)
 
     async def _release(self, announcement_id: int) -> None:
         written = await release(self.engine, announcement_id, fan_outs=self.fan_outs)
@@ -244,6 +258,21 @@ class Service:
         if delivery.channel == "telegram":
             await set_telegram_chat(self.engine, delivery.subscriber_id, int(new_recipient))
 
+    async def _start_web(self) -> web.AppRunner:
+        settings = self.settings.web
+        try:
+            site = await start_site(self.web, settings.host, settings.port)
+        except OSError as exc:
+            self.scheduler.shutdown()
+            await self.engine.dispose()
+            raise BroadcastError(
+                _("Webserver kann {host}:{port} nicht öffnen: {reason}").format(
+                    host=settings.host, port=settings.port, reason=exc.strerror or exc
+                )
+            ) from None
+        self.web_port = site.addresses[0][1] if site.addresses else settings.port
+        return site
+
     async def run(self) -> None:
         await migrate(self.engine)
         try:
@@ -259,6 +288,7 @@ class Service:
         # What exists now (modules, templates, clients) lives as long as the process: keep it out
         # of the collector's full passes, which otherwise pause sending (bench/telegram_fanout).
         gc.freeze()
+        site = await self._start_web()
         tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
         log.info(
             "serving worker_id=%s database=%s",
@@ -268,6 +298,7 @@ class Service:
         try:
             await self._stopped.wait()
         finally:
+            await site.cleanup()
             self.scheduler.shutdown()
             for task in list(self._fan_outs.values()):
                 task.cancel()  # its chunk transaction rolls back; the next start resumes it

@@ -34,6 +34,7 @@ def settings_for(database_url: str, port: int, **delivery: object) -> Settings:
     return base.model_copy(
         update={
             "database": base.database.model_copy(update={"url": database_url}),
+            "web": base.web.model_copy(update={"port": 0}),
             "smtp": base.smtp.model_copy(
                 update={"port": port, "pool_size": 4, "rate_per_second": 10000, "burst": 1000}
             ),

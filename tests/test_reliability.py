@@ -48,6 +48,7 @@ def serve(
         "BZI_DELIVERY_POLL_INTERVAL": "0.1",
         "BZI_DELIVERY_SWEEP_INTERVAL": "0.5",
         "BZI_DELIVERY_LEASE_SECONDS": "3",
+        "BZI_WEB_PORT": "0",
         **extra,
     }
     log = (workdir / f"serve-{len(list(workdir.glob('serve-*')))}.log").open("wb")

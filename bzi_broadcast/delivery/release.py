@@ -70,6 +70,14 @@ def _topic_match(announcement_id: int) -> ColumnElement[bool]:
     return or_(not_(wanted), not_(chosen), shared)
 
 
+def _receiving(now: datetime) -> ColumnElement[bool]:
+    """Confirmed, not unsubscribed, and not pausing."""
+    return and_(
+        subscribers.c.status == "active",
+        or_(subscribers.c.paused_until.is_(None), subscribers.c.paused_until <= now),
+    )
+
+
 def _in_chunk(lower: int, upper: int | None) -> ColumnElement[bool]:
     above = subscribers.c.id > lower
     return above if upper is None else and_(above, subscribers.c.id <= upper)
@@ -85,7 +93,10 @@ def email_fan_out(announcement_id: int, now: datetime, lower: int, upper: int | 
         literal(0),
         literal(now, type_=deliveries.c.next_attempt_at.type),
     ).where(
-        subscribers.c.status == "active", _in_chunk(lower, upper), _topic_match(announcement_id)
+        _receiving(now),
+        subscribers.c.email.is_not(None),
+        _in_chunk(lower, upper),
+        _topic_match(announcement_id),
     )
     return insert(deliveries).from_select(_COLUMNS, rows)
 
@@ -103,7 +114,7 @@ def telegram_fan_out(chats: Sequence[int]) -> FanOut:
             literal(0),
             literal(now, type_=deliveries.c.next_attempt_at.type),
         ).where(
-            subscribers.c.status == "active",
+            _receiving(now),
             subscribers.c.telegram_chat_id.is_not(None),
             _in_chunk(lower, upper),
             _topic_match(announcement_id),

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final
 
+import jinja2
+
 from bzi_broadcast.config import RenderSettings
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.render.context import RenderContext
@@ -38,6 +40,11 @@ class Renderer:
         settings = settings or RenderSettings()
         env = create_environment(settings.templates_dir)
         self._ctx = RenderContext(env=env, organisation=settings.organisation)
+
+    @property
+    def environment(self) -> jinja2.Environment:
+        """The shared environment: the web pages are rendered from it too."""
+        return self._ctx.env
 
     def email(self, announcement: Announcement) -> EmailRendition:
         return render_email(self._ctx, announcement)

@@ -115,7 +115,7 @@ subscribers = Table(
     "subscribers",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("email", String(320), nullable=False, unique=True),
+    Column("email", String(320), unique=True),  # None for someone who only uses the bot
     Column("telegram_chat_id", Id, unique=True),  # set when the person started the bot
     Column("name", String(200)),
     Column("language", String(2), nullable=False),
@@ -123,7 +123,42 @@ subscribers = Table(
     Column("source", String(20), nullable=False),
     _now_column("created_at"),
     _now_column("updated_at"),
+    Column("confirmed_at", UTCDateTime()),
+    Column("confirmation_sent_at", UTCDateTime()),
+    Column("paused_until", UTCDateTime()),  # no deliveries before this time
+    Column("consent_version", String(20)),
     Index(None, "status"),
+)
+
+# The consent proof, append-only: rows are only ever inserted (erasure deletes the subscriber and
+# with it, by cascade, its rows; the suppression list keeps the keyed hash).
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "subscriber_id",
+        Id,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("event", String(30), nullable=False),
+    Column("channel", String(20)),
+    Column("source", String(20)),
+    Column("ip", String(64)),
+    Column("consent_version", String(20)),
+    Column("detail", Text),
+)
+
+# Fixed-window counters for rate limits shared by every process (sign-ups per IP and address).
+throttles = Table(
+    "throttles",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("reset_at", UTCDateTime(), nullable=False),
 )
 
 subscriber_topics = Table(

@@ -1,0 +1,76 @@
+"""The web server inside ``serve``: health, security headers, language choice, no tracebacks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bzi_broadcast.service import Service
+from bzi_broadcast.testing.smtp import SmtpCapture
+from bzi_broadcast.web import routes
+
+from .test_delivery import settings_for
+
+
+@pytest.fixture
+async def served(database_url: str) -> AsyncIterator[tuple[Service, str]]:
+    smtp = await SmtpCapture().start()
+    service = Service(settings_for(database_url, smtp.port))
+    task = asyncio.create_task(service.run())
+    async with asyncio.timeout(30):
+        while service.web_port is None:
+            await asyncio.sleep(0.02)
+    yield service, f"http://127.0.0.1:{service.web_port}"
+    service.stop()
+    await asyncio.wait_for(task, 30)
+    await smtp.stop()
+
+
+async def test_health_and_security_headers(served: tuple[Service, str]) -> None:
+    _service, base = served
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/healthz") as answer:
+        assert answer.status == 200
+        assert await answer.json() == {"status": "ok"}
+        assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_an_unexpected_error_is_a_short_page_in_the_chosen_language(
+    database_url: str,
+) -> None:
+    async def broken(_request: web.Request) -> web.Response:
+        raise RuntimeError("secret internal detail")
+
+    def setup(app: web.Application) -> None:
+        app.router.add_get("/kaputt", broken)
+
+    routes.SETUPS.append(setup)
+    try:
+        smtp = await SmtpCapture().start()
+        service = Service(settings_for(database_url, smtp.port))
+    finally:
+        routes.SETUPS.remove(setup)
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(30):
+            while service.web_port is None:
+                await asyncio.sleep(0.02)
+        base = f"http://127.0.0.1:{service.web_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/kaputt") as answer:
+                text = await answer.text()
+                assert answer.status == 500
+                assert "interner Fehler" in text
+                assert "secret internal detail" not in text
+                assert "Traceback" not in text
+            async with http.get(f"{base}/kaputt?lang=en") as answer:
+                assert "internal error" in await answer.text()
+                assert answer.cookies["lang"].value == "en"
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+        await smtp.stop()
