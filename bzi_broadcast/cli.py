@@ -78,7 +78,31 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     importer.add_argument("file", type=Path, metavar="DATEI.csv")
     importer.add_argument("--database", metavar="URL")
+    importer.add_argument(
+        "--consent-proven",
+        metavar=_("NOTIZ"),
+        help=_(
+            "die Einwilligung ist schon nachgewiesen (z. B. „unterschriebene Formulare im "
+            "Ordner 2025“): keine Bestätigungsmail; die Notiz kommt in den Nachweis"
+        ),
+    )
     importer.set_defaults(handler=ops.run_import)
+    export = sub_commands.add_parser(
+        "export", help=_("gibt alle Abonnent*innen als JSON-Zeilen aus (oder eine Person)")
+    )
+    export.add_argument("email", nargs="?", metavar="E-MAIL")
+    export.add_argument("--database", metavar="URL")
+    export.set_defaults(handler=ops.run_export)
+    proof = sub_commands.add_parser("proof", help=_("zeigt den Einwilligungsnachweis einer Person"))
+    proof.add_argument("email", metavar="E-MAIL")
+    proof.add_argument("--database", metavar="URL")
+    proof.set_defaults(handler=ops.run_proof)
+    erase = sub_commands.add_parser(
+        "erase", help=_("löscht eine Person (DSGVO); nur ein Schlüssel-Hash bleibt gesperrt")
+    )
+    erase.add_argument("email", metavar="E-MAIL")
+    erase.add_argument("--database", metavar="URL")
+    erase.set_defaults(handler=ops.run_erase)
 
 
 def _add_preview(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

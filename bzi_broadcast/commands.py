@@ -24,7 +24,8 @@ from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
-from bzi_broadcast.subscribers.store import ImportReport, import_lines, parse_csv
+from bzi_broadcast.subscribers import gdpr
+from bzi_broadcast.subscribers.store import ImportOptions, ImportReport, import_lines, parse_csv
 
 T = TypeVar("T")
 ACTOR = "cli"
@@ -114,7 +115,12 @@ def run_import(args: argparse.Namespace) -> int:
     lines = list(parse_csv(text, report))
     settings = settings_of(args)
     key = settings.security.secret_key.get_secret_value().encode()
-    with_engine(args, lambda e: import_lines(e, lines, report, key))
+    options = ImportOptions(
+        consent_proven=args.consent_proven,
+        file_name=args.file.name,
+        consent_version=settings.subscribers.consent_version,
+    )
+    with_engine(args, lambda e: import_lines(e, lines, report, key, options))
     for line, problem in sorted(report.problems):
         print(_("Zeile {line}: {problem}").format(line=line, problem=problem), file=sys.stderr)
     print(
@@ -123,6 +129,72 @@ def run_import(args: argparse.Namespace) -> int:
         )
     )
     return 1 if report.problems else 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """One JSON object per line (all subscribers), or everything held about one person."""
+
+    async def work(engine: AsyncEngine) -> int:
+        if args.email:
+            data = await gdpr.export_subscriber(engine, args.email)
+            if data is None:
+                return _unknown(args.email)
+            json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
+            sys.stdout.write("\n")
+            return 0
+        async for row in gdpr.export_all(engine):
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return 0
+
+    return with_engine(args, work)
+
+
+def run_proof(args: argparse.Namespace) -> int:
+    async def work(engine: AsyncEngine) -> int:
+        data = await gdpr.export_subscriber(engine, args.email)
+        if data is None:
+            return _unknown(args.email)
+        print(
+            _("Einwilligungsnachweis für {email} (Status: {status})").format(
+                email=data["email"], status=data["status"]
+            )
+        )
+        for event in data["consent"]:
+            details = ", ".join(
+                f"{name}={value}"
+                for name, value in (
+                    ("channel", event["channel"]),
+                    ("source", event["source"]),
+                    ("ip", event["ip"]),
+                    ("consent_version", event["consent_version"]),
+                )
+                if value
+            )
+            extra = json.dumps(event["detail"], ensure_ascii=False) if event["detail"] else ""
+            print(f"  {event['at']}  {event['event']:<20} {details} {extra}".rstrip())
+        return 0
+
+    return with_engine(args, work)
+
+
+def run_erase(args: argparse.Namespace) -> int:
+    key = settings_of(args).security.secret_key.get_secret_value().encode()
+    if not with_engine(args, lambda engine: gdpr.erase(engine, args.email, key)):
+        return _unknown(args.email)
+    print(
+        _("{email} gelöscht; die Adresse bleibt als Schlüssel-Hash gesperrt.").format(
+            email=args.email
+        )
+    )
+    return 0
+
+
+def _unknown(email: str) -> int:
+    print(
+        _("Keine Abonnentin und kein Abonnent mit der Adresse {email}.").format(email=email),
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run_status(args: argparse.Namespace) -> int:

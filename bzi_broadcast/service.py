@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from datetime import timedelta
 
@@ -51,6 +52,7 @@ from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.store.parts import Parts
+from bzi_broadcast.subscribers import gdpr
 from bzi_broadcast.subscribers.store import set_telegram_chat, suppress
 from bzi_broadcast.tokens import TokenSigner
 from bzi_broadcast.web import routes
@@ -97,6 +99,7 @@ def email_channel(settings: Settings, renderer: Renderer) -> EmailChannel:
     return EmailChannel(server, email, renderer, signer(settings), bucket)
 
 
+PURGE_INTERVAL = 3600.0  # seconds between deletions of unconfirmed sign-ups
 TELEGRAM_CONCURRENCY = 16  # at Telegram's ~0.1 s per call, 16 in flight carry 160/s
 
 
@@ -186,6 +189,7 @@ class Service:
         )
         self._stopped = asyncio.Event()
         self._fan_outs: dict[int, asyncio.Task[None]] = {}
+        self._next_purge = 0.0
         self.web = create_app(
             WebContext(
                 settings=settings,
@@ -241,6 +245,11 @@ class Service:
             elif not worker.paused and worker.channel.name in paused:
                 worker.paused = True
         await save_bucket(self.engine, self.email.bucket)
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + PURGE_INTERVAL
+            days = self.settings.subscribers.unconfirmed_days
+            if purged := await gdpr.purge_unconfirmed(self.engine, days):
+                log.info("purged unconfirmed sign-ups count=%s older_than_days=%s", purged, days)
 
     async def _on_pause(self, channel: str, reason: str) -> None:
         await control.set_paused(self.engine, channel, True, reason)

@@ -99,12 +99,13 @@ async def test_csv_import_reports_lines_and_imports_the_good_ones(
 ) -> None:
     csv_file = tmp_path / "liste.csv"
     csv_file.write_text(
-        "email,name,language,topics\n"
-        "anna@example.org,Anna,de,kommunen;teilhabe\n"
-        "kaputt,,de,\n"
-        "Anna@Example.org,Doppelt,de,\n"
-        "bert@example.org,,fr,\n"
-        "cem@example.org,Cem Öztürk,en,\n",
+        "email,name,language,topics,consent_source\n"
+        "anna@example.org,Anna,de,kommunen;teilhabe,Fachtag 2025\n"
+        "kaputt,,de,,Fachtag 2025\n"
+        "Anna@Example.org,Doppelt,de,,Fachtag 2025\n"
+        "bert@example.org,,fr,,Fachtag 2025\n"
+        "cem@example.org,Cem Öztürk,en,,Fachtag 2025\n"
+        "dora@example.org,,de,,\n",
         encoding="utf-8",
     )
     result = await asyncio.to_thread(cli, database_url, "subscribers", "import", str(csv_file))
@@ -112,7 +113,8 @@ async def test_csv_import_reports_lines_and_imports_the_good_ones(
     assert "Zeile 3: ungültige E-Mail-Adresse „kaputt“" in result.stderr
     assert "Zeile 4: doppelte Adresse anna@example.org" in result.stderr
     assert "Zeile 5: unbekannte Sprache „fr“" in result.stderr
-    assert "2 Abonnent*innen importiert, 3 Zeilen übersprungen." in result.stdout
+    assert "Zeile 7: keine Angabe, wo die Einwilligung gegeben wurde" in result.stderr
+    assert "2 Abonnent*innen importiert, 4 Zeilen übersprungen." in result.stdout
     again = await asyncio.to_thread(cli, database_url, "subscribers", "import", str(csv_file))
     assert "anna@example.org ist bereits eingetragen" in again.stderr
     async with engine.connect() as conn:

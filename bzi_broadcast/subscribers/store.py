@@ -1,4 +1,4 @@
-"""Minimal subscribers for delivery: email, language, topics, status; CSV import; suppression.
+"""Subscribers for delivery: email, language, topics, status; CSV import; suppression.
 
 Addresses are stored lower-cased (one person, one row). The suppression list keeps only a keyed
 hash (HMAC-SHA256) of an address, so a later import cannot add a bounced or erased address again.
@@ -10,6 +10,7 @@ import csv
 import hashlib
 import hmac
 import io
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.announcements import utcnow
-from bzi_broadcast.store.schema import subscriber_topics, subscribers, suppressions
+from bzi_broadcast.store.schema import (
+    consent_events,
+    subscriber_topics,
+    subscribers,
+    suppressions,
+)
+from bzi_broadcast.subscribers.consent import ConsentEvent
 
 _ADDRESS = re.compile(
     r"^[^@\s<>(),;:\"\[\]\\]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
@@ -52,6 +59,16 @@ class ImportLine:
     name: str | None
     language: str
     topics: tuple[str, ...]
+    consent_source: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportOptions:
+    """``consent_proven``: a note why no confirmation mail is needed (recorded in the proof)."""
+
+    consent_proven: str | None = None
+    file_name: str = ""
+    consent_version: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -61,11 +78,16 @@ class ImportReport:
 
 
 def parse_csv(text: str, report: ImportReport) -> Iterator[ImportLine]:
-    """Rows of ``email[,name][,language][,topics]`` with a header; problems go to ``report``."""
+    """Rows of ``email,consent_source[,name][,language][,topics]`` with a header; problems go to
+    ``report``. ``consent_source`` says where each person gave consent (German law asks for it)."""
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip().lower() for f in reader.fieldnames or []]
-    if "email" not in fields:
-        report.problems.append((1, _("Kopfzeile ohne Spalte „email“")))
+    for required in ("email", "consent_source"):
+        if required not in fields:
+            report.problems.append(
+                (1, _("Kopfzeile ohne Spalte „{column}“").format(column=required))
+            )
+    if report.problems:
         return
     reader.fieldnames = fields
     seen: set[str] = set()
@@ -84,9 +106,14 @@ def _parse_row(
     email = normalize_email(raw)
     language = (row.get("language") or "de").strip().lower() or "de"
     topics = tuple(t for t in re.split(r"[;\s]+", (row.get("topics") or "").strip().lower()) if t)
+    consent_source = (row.get("consent_source") or "").strip()
     problem = None
     if email is None:
         problem = _("ungültige E-Mail-Adresse „{value}“").format(value=raw)
+    elif not consent_source:
+        problem = _("keine Angabe, wo die Einwilligung gegeben wurde (Spalte „consent_source“)")
+    elif len(consent_source) > 500:
+        problem = _("„consent_source“ ist länger als 500 Zeichen")
     elif email in seen:
         problem = _("doppelte Adresse {email}").format(email=email)
     elif language not in ("de", "en"):
@@ -97,18 +124,32 @@ def _parse_row(
         report.problems.append((line, problem or ""))
         return None
     name = (row.get("name") or "").strip() or None
-    return ImportLine(line=line, email=email, name=name, language=language, topics=topics)
+    return ImportLine(
+        line=line,
+        email=email,
+        name=name[:200] if name else None,
+        language=language,
+        topics=topics,
+        consent_source=consent_source,
+    )
 
 
 async def import_lines(
-    engine: AsyncEngine, lines: Sequence[ImportLine], report: ImportReport, key: bytes
+    engine: AsyncEngine,
+    lines: Sequence[ImportLine],
+    report: ImportReport,
+    key: bytes,
+    options: ImportOptions = ImportOptions(),
 ) -> None:
-    """Insert in batches, each atomic; known and suppressed addresses are reported, not added."""
+    """Insert in batches, each atomic; known and suppressed addresses are reported, not added.
+
+    Imported people are unconfirmed (the service mails them a confirmation link) unless
+    ``options.consent_proven`` says why their consent is already proven."""
     for start in range(0, len(lines), BATCH_SIZE):
         batch = lines[start : start + BATCH_SIZE]
         async with engine.begin() as conn:
             fresh = await _without_known(conn, batch, report, key)
-            await _insert(conn, fresh)
+            await _insert(conn, fresh, options)
             report.imported += len(fresh)
 
 
@@ -150,19 +191,24 @@ async def _without_known(
     return fresh
 
 
-async def _insert(conn: AsyncConnection, items: Sequence[ImportLine]) -> None:
+async def _insert(
+    conn: AsyncConnection, items: Sequence[ImportLine], options: ImportOptions
+) -> None:
     if not items:
         return
     now = utcnow()
+    proven = options.consent_proven is not None
     rows = [
         {
             "email": i.email,
             "name": i.name,
             "language": i.language,
-            "status": str(SubscriberStatus.ACTIVE),
+            "status": str(SubscriberStatus.ACTIVE if proven else SubscriberStatus.PENDING),
             "source": "import",
             "created_at": now,
             "updated_at": now,
+            "confirmed_at": now if proven else None,
+            "consent_version": options.consent_version,
         }
         for i in items
     ]
@@ -179,6 +225,29 @@ async def _insert(conn: AsyncConnection, items: Sequence[ImportLine]) -> None:
     topics = [{"subscriber_id": ids[i.email], "topic": t} for i in items for t in set(i.topics)]
     if topics:
         await conn.execute(insert(subscriber_topics), topics)
+    events = []
+    for i in items:
+        base = {"subscriber_id": ids[i.email], "at": now, "channel": "email", "source": "import"}
+        detail = {"consent_source": i.consent_source, "file": options.file_name, "line": i.line}
+        events.append(
+            {
+                **base,
+                "event": str(ConsentEvent.SIGNED_UP),
+                "consent_version": options.consent_version,
+                "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
+            }
+        )
+        if proven:
+            note = {"consent_proven": options.consent_proven}
+            events.append(
+                {
+                    **base,
+                    "event": str(ConsentEvent.CONFIRMED),
+                    "consent_version": options.consent_version,
+                    "detail": json.dumps(note, ensure_ascii=False),
+                }
+            )
+    await conn.execute(insert(consent_events), events)
 
 
 async def suppress(

@@ -1,0 +1,161 @@
+"""What the GDPR gives every subscriber: a copy of their data (Art. 15, 20) and erasure (Art. 17).
+
+Erasure removes the person's row, topics and consent log and replaces their address in past
+delivery records by a placeholder; only a keyed hash stays in the suppression list, so a later
+import cannot add the address again. Unconfirmed sign-ups are deleted after
+``subscribers.unconfirmed_days``: without a confirmation there is no consent to keep them for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import String, cast, delete, insert, literal, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bzi_broadcast.store.announcements import utcnow
+from bzi_broadcast.store.schema import deliveries, subscriber_topics, subscribers, suppressions
+from bzi_broadcast.subscribers.consent import history
+from bzi_broadcast.subscribers.store import SubscriberStatus, normalize_email, suppression_hash
+
+EXPORT_BATCH = 1000
+
+
+async def find(conn: AsyncConnection, email: str) -> Row[Any] | None:
+    address = normalize_email(email)
+    if address is None:
+        return None
+    return (await conn.execute(select(subscribers).where(subscribers.c.email == address))).first()
+
+
+async def export_subscriber(engine: AsyncEngine, email: str) -> dict[str, Any] | None:
+    """Everything held about one person, as JSON-ready data (None: no such subscriber)."""
+    async with engine.connect() as conn:
+        row = await find(conn, email)
+        if row is None:
+            return None
+        sent = await conn.execute(
+            select(
+                deliveries.c.announcement_id,
+                deliveries.c.channel,
+                deliveries.c.status,
+                deliveries.c.sent_at,
+            )
+            .where(deliveries.c.subscriber_id == row.id)
+            .order_by(deliveries.c.id)
+        )
+        return {
+            **_profile(row),
+            "topics": await _topics(conn, row.id),
+            "consent": [event.as_json() for event in await history(conn, row.id)],
+            "deliveries": [
+                {
+                    "announcement_id": d.announcement_id,
+                    "channel": d.channel,
+                    "status": d.status,
+                    "sent_at": _iso(d.sent_at),
+                }
+                for d in sent
+            ],
+        }
+
+
+async def export_all(engine: AsyncEngine) -> AsyncIterator[dict[str, Any]]:
+    """Every subscriber with topics, in id order, a batch at a time (memory stays flat)."""
+    last = 0
+    while True:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(subscribers)
+                    .where(subscribers.c.id > last)
+                    .order_by(subscribers.c.id)
+                    .limit(EXPORT_BATCH)
+                )
+            ).all()
+            if not rows:
+                return
+            topics: dict[int, list[str]] = {}
+            for subscriber_id, topic in await conn.execute(
+                select(subscriber_topics.c.subscriber_id, subscriber_topics.c.topic)
+                .where(subscriber_topics.c.subscriber_id.in_([r.id for r in rows]))
+                .order_by(subscriber_topics.c.topic)
+            ):
+                topics.setdefault(subscriber_id, []).append(topic)
+        for row in rows:
+            yield {**_profile(row), "topics": topics.get(row.id, [])}
+        last = rows[-1].id
+
+
+async def erase(engine: AsyncEngine, email: str, key: bytes) -> bool:
+    """Remove the person; keep only the keyed hash of the address. False: no such subscriber."""
+    async with engine.begin() as conn:
+        row = await find(conn, email)
+        if row is None:
+            return False
+        digest = suppression_hash(row.email, key)
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.subscriber_id == row.id, deliveries.c.channel == "email")
+            .values(recipient=literal("erased:").concat(cast(deliveries.c.id, String)))
+        )
+        await conn.execute(delete(subscribers).where(subscribers.c.id == row.id))
+        known = (
+            await conn.execute(
+                select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+            )
+        ).first()
+        if known is None:
+            await conn.execute(
+                insert(suppressions).values(
+                    email_hash=digest, reason="erased", detail=None, created_at=utcnow()
+                )
+            )
+        return True
+
+
+async def purge_unconfirmed(engine: AsyncEngine, days: int, now: datetime | None = None) -> int:
+    """Delete sign-ups nobody confirmed within ``days``; returns how many."""
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            delete(subscribers).where(
+                subscribers.c.status == str(SubscriberStatus.PENDING),
+                subscribers.c.created_at < cutoff,
+            )
+        )
+        return int(result.rowcount or 0)
+
+
+async def _topics(conn: AsyncConnection, subscriber_id: int) -> list[str]:
+    return list(
+        (
+            await conn.execute(
+                select(subscriber_topics.c.topic)
+                .where(subscriber_topics.c.subscriber_id == subscriber_id)
+                .order_by(subscriber_topics.c.topic)
+            )
+        ).scalars()
+    )
+
+
+def _profile(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "email": row.email,
+        "name": row.name,
+        "telegram_chat_id": row.telegram_chat_id,
+        "language": row.language,
+        "status": row.status,
+        "source": row.source,
+        "created_at": _iso(row.created_at),
+        "confirmed_at": _iso(row.confirmed_at),
+        "paused_until": _iso(row.paused_until),
+        "consent_version": row.consent_version,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
