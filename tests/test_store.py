@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.content import Announcement, parse_announcement
@@ -179,6 +179,44 @@ async def test_release_respects_topics(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         recipients = set((await conn.execute(select(deliveries.c.recipient))).scalars())
     assert "person1@example.org" not in recipients
+
+
+async def test_each_person_gets_the_version_in_their_language_else_the_german_one(
+    engine: AsyncEngine,
+) -> None:
+    await add_subscribers(engine, 3)
+    async with engine.begin() as conn:  # person1 reads English, person2 French
+        for index, language in ((1, "en"), (2, "fr")):
+            await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.email == f"person{index}@example.org")
+                .values(language=language)
+            )
+    store = Announcements(engine)
+    now = datetime.now(UTC)
+    group = "weltoffene-kommunen"
+    german = await store.create(
+        announcement(translation_group=group), actor="t", status=S.SCHEDULED, publish_at=now
+    )
+    english = await store.create(
+        announcement(translation_group=group, language="en"),
+        actor="t",
+        status=S.SCHEDULED,
+        publish_at=now,
+    )
+    alone = await store.create(announcement(), actor="t", status=S.SCHEDULED, publish_at=now)
+    # The German version goes to German readers and to everyone without a version of their own.
+    assert await release(engine, german) == {"email": 2}
+    assert await release(engine, english) == {"email": 1}
+    assert await release(engine, alone) == {"email": 3}
+    async with engine.connect() as conn:
+        rows = set(
+            (await conn.execute(select(deliveries.c.announcement_id, deliveries.c.recipient))).all()
+        )
+    assert (german, "person0@example.org") in rows
+    assert (german, "person2@example.org") in rows
+    assert (english, "person1@example.org") in rows
+    assert (german, "person1@example.org") not in rows
 
 
 async def test_nothing_is_released_after_expiry(engine: AsyncEngine) -> None:

@@ -230,6 +230,13 @@ class ChannelOptions(Frozen):
 class Announcement(Frozen):
     title: Annotated[SingleLine, Field(max_length=200)]
     language: Language = Language.DE
+    translation_group: (
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] | None
+    ) = Field(
+        default=None,
+        description="Verbindet Sprachfassungen derselben Ankündigung: jede Person erhält die "
+        "Fassung in ihrer Sprache, sonst die deutsche.",
+    )
     summary: Text | None = None
     topics: tuple[Topic, ...] = ()
     publish_at: LocalDateTime | None = None

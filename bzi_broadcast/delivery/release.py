@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
+from bzi_broadcast.i18n import DEFAULT_LOCALE
 from bzi_broadcast.store.announcements import transition, utcnow
 from bzi_broadcast.store.schema import (
     announcement_topics,
@@ -70,6 +71,26 @@ def _topic_match(announcement_id: int) -> ColumnElement[bool]:
     return or_(not_(wanted), not_(chosen), shared)
 
 
+def _language_match(announcement_id: int) -> ColumnElement[bool]:
+    """Each person gets the version in their language; the German one when there is none.
+
+    An announcement outside a translation group goes to everyone."""
+    this = announcements.alias("this")
+    other = announcements.alias("other")
+    language = select(this.c.language).where(this.c.id == announcement_id).scalar_subquery()
+    group = select(this.c.translation_group).where(this.c.id == announcement_id).scalar_subquery()
+    own_version = exists().where(
+        other.c.translation_group == group,
+        other.c.language == subscribers.c.language,
+        other.c.status.not_in([str(AnnouncementStatus.DRAFT), str(AnnouncementStatus.CANCELLED)]),
+    )
+    return or_(
+        group.is_(None),
+        subscribers.c.language == language,
+        and_(language == DEFAULT_LOCALE, not_(own_version)),
+    )
+
+
 def _receiving(now: datetime) -> ColumnElement[bool]:
     """Confirmed, not unsubscribed, and not pausing."""
     return and_(
@@ -97,6 +118,7 @@ def email_fan_out(announcement_id: int, now: datetime, lower: int, upper: int | 
         subscribers.c.email.is_not(None),
         _in_chunk(lower, upper),
         _topic_match(announcement_id),
+        _language_match(announcement_id),
     )
     return insert(deliveries).from_select(_COLUMNS, rows)
 
@@ -118,6 +140,7 @@ def telegram_fan_out(chats: Sequence[int]) -> FanOut:
             subscribers.c.telegram_chat_id.is_not(None),
             _in_chunk(lower, upper),
             _topic_match(announcement_id),
+            _language_match(announcement_id),
         )
         configured = [
             select(

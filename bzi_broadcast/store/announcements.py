@@ -73,6 +73,7 @@ class Announcements:
         values = {
             "title": announcement.title,
             "language": str(announcement.language),
+            "translation_group": announcement.translation_group,
             "content": announcement.model_dump(mode="json"),
             "status": str(status),
             "publish_at": publish_at or announcement.publish_at,

@@ -79,6 +79,7 @@ announcements = Table(
     Column("released_at", UTCDateTime()),
     Column("finished_at", UTCDateTime()),
     Column("fanout_cursor", Id),  # last subscriber id fanned out; NULL when done
+    Column("translation_group", String(100), index=True),  # language versions of one message
     _now_column("created_at"),
     _now_column("updated_at"),
     Index(None, "status", "publish_at"),
