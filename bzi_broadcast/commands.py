@@ -22,6 +22,7 @@ from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.outbox import Counts, Outbox
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.i18n import ngettext
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.subscribers import gdpr
@@ -123,11 +124,13 @@ def run_import(args: argparse.Namespace) -> int:
     with_engine(args, lambda e: import_lines(e, lines, report, key, options))
     for line, problem in sorted(report.problems):
         print(_("Zeile {line}: {problem}").format(line=line, problem=problem), file=sys.stderr)
-    print(
-        _("{n} Abonnent*innen importiert, {m} Zeilen übersprungen.").format(
-            n=report.imported, m=len(report.problems)
-        )
+    imported = ngettext("{n} Person importiert", "{n} Personen importiert", report.imported).format(
+        n=report.imported
     )
+    skipped = ngettext(
+        "{m} Zeile übersprungen", "{m} Zeilen übersprungen", len(report.problems)
+    ).format(m=len(report.problems))
+    print(f"{imported}, {skipped}.")
     return 1 if report.problems else 0
 
 

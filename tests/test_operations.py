@@ -114,7 +114,7 @@ async def test_csv_import_reports_lines_and_imports_the_good_ones(
     assert "Zeile 4: doppelte Adresse anna@example.org" in result.stderr
     assert "Zeile 5: unbekannte Sprache „fr“" in result.stderr
     assert "Zeile 7: keine Angabe, wo die Einwilligung gegeben wurde" in result.stderr
-    assert "2 Abonnent*innen importiert, 4 Zeilen übersprungen." in result.stdout
+    assert "2 Personen importiert, 4 Zeilen übersprungen." in result.stdout
     again = await asyncio.to_thread(cli, database_url, "subscribers", "import", str(csv_file))
     assert "anna@example.org ist bereits eingetragen" in again.stderr
     async with engine.connect() as conn:

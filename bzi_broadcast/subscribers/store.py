@@ -32,6 +32,7 @@ from bzi_broadcast.subscribers.consent import ConsentEvent
 _ADDRESS = re.compile(
     r"^[^@\s<>(),;:\"\[\]\\]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOPIC = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BATCH_SIZE = 1000
 
@@ -108,7 +109,9 @@ def _parse_row(
     topics = tuple(t for t in re.split(r"[;\s]+", (row.get("topics") or "").strip().lower()) if t)
     consent_source = (row.get("consent_source") or "").strip()
     problem = None
-    if email is None:
+    if any(_CONTROL.search(value or "") for value in row.values() if isinstance(value, str)):
+        problem = _("Steuerzeichen in der Zeile")
+    elif email is None:
         problem = _("ungültige E-Mail-Adresse „{value}“").format(value=raw)
     elif not consent_source:
         problem = _("keine Angabe, wo die Einwilligung gegeben wurde (Spalte „consent_source“)")
