@@ -165,6 +165,7 @@ def settings(url: str, smtp_port: int, telegram_port: int) -> Settings:
             "telegram": base.telegram.model_copy(
                 update={
                     "enabled": True,
+                    "bot": False,  # this bench measures the channel alone
                     "token": SecretStr(TOKEN),
                     "per_second": OVERALL,
                     "per_chat_per_second": PER_CHAT,
