@@ -161,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=os.environ.get("BZI_LOG_LEVEL", "WARNING"))
+    # httpx logs each request's URL, and a Bot API URL carries the bot's token
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     handler: Command = args.handler
     try:

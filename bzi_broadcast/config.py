@@ -109,7 +109,7 @@ class WebSettings(_Section):
     """The service's HTTP server: public pages, archive and feed (and later admin and API)."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535, description="0: any free port")
     trust_proxy: bool = False  # take the client IP from X-Forwarded-For (behind a reverse proxy)
 
 

@@ -53,6 +53,7 @@ from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.store.parts import Parts
 from bzi_broadcast.subscribers import gdpr
+from bzi_broadcast.subscribers.bot import subscriber_bot
 from bzi_broadcast.subscribers.store import set_telegram_chat, suppress
 from bzi_broadcast.tokens import TokenSigner
 from bzi_broadcast.web import routes
@@ -201,6 +202,9 @@ class Service:
             *routes.SETUPS,
         )
         self.web_port: int | None = None  # the bound port, once serving (web.port may be 0)
+        self.bot = subscriber_bot(settings, self.engine)  # None unless telegram.enabled and .bot
+        if self.bot is not None:
+            self.bot.add_routes(self.web)  # the webhook, when telegram.webhook_url is set
 
     async def _release(self, announcement_id: int) -> None:
         written = await release(self.engine, announcement_id, fan_outs=self.fan_outs)
@@ -298,6 +302,8 @@ class Service:
         # of the collector's full passes, which otherwise pause sending (bench/telegram_fanout).
         gc.freeze()
         site = await self._start_web()
+        if self.bot is not None:
+            await self.bot.start()
         tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
         log.info(
             "serving worker_id=%s database=%s",
@@ -308,6 +314,8 @@ class Service:
             await self._stopped.wait()
         finally:
             await site.cleanup()
+            if self.bot is not None:
+                await self.bot.stop()  # stops polling and releases the polling lock
             self.scheduler.shutdown()
             for task in list(self._fan_outs.values()):
                 task.cancel()  # its chunk transaction rolls back; the next start resumes it

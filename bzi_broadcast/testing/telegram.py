@@ -12,8 +12,16 @@ Follows https://core.telegram.org/bots/api:
   became a supergroup. Limits from the bots FAQ ("My bot is hitting limits"): about 30 messages
   per second overall, one per second per chat, 20 per minute per group (configurable, scaled in
   benchmarks).
-- "getUpdates" (long polling with ``offset``/``timeout``; 409 while a webhook is set),
-  "setWebhook", "deleteWebhook", "getMe", "sendMessage", "sendPhoto".
+- "getUpdates" (long polling with ``offset``/``timeout``; 409 while a webhook is set, and 409
+  "terminated by other getUpdates request" to a poll that a second poller overtakes),
+  "setWebhook" (with ``secret_token``), "deleteWebhook", "getMe", "sendMessage", "sendPhoto".
+- The bot's side of a conversation: "Update" with a "Message" (``bot_command`` entities as
+  "MessageEntity" describes them) or a "CallbackQuery" from an "InlineKeyboardMarkup" button
+  (``callback_data`` 1–64 bytes); "answerCallbackQuery" (once per query, text 0–200
+  characters), "editMessageText" (only the bot's own messages; "message is not modified" when
+  nothing changes; without ``reply_markup`` the inline keyboard goes), "setMyCommands"
+  ("BotCommand": 1–32 characters of a–z, 0–9 and _, a description of 1–256 characters, at most
+  100 commands).
 Blocked users answer 403 "Forbidden: bot was blocked by the user"; unknown chats 400 "Bad Request:
 chat not found". Everything received is recorded; faults can be injected per method.
 
@@ -26,8 +34,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import math
+import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -45,8 +55,13 @@ JSON_FIELDS = frozenset(
         "allowed_updates",
         "entities",
         "caption_entities",
+        "commands",
+        "scope",
     }
 )
+COMMAND = re.compile(r"(?<![^\s])/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{3,32})?")
+BOT_COMMAND = re.compile(r"^[a-z0-9_]{1,32}$")
+SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 UPLOAD = "<uploaded file>"  # a multipart file part, as recorded in the parameters
@@ -88,6 +103,15 @@ class Sent:
     at: float
 
 
+@dataclass
+class _Poll:
+    """A getUpdates call waiting for updates (long polling)."""
+
+    woken: asyncio.Event
+    request: web.Request | None
+    terminated: bool = False
+
+
 class ApiError(Exception):
     def __init__(self, code: int, description: str, **parameters: Any) -> None:
         super().__init__(description)
@@ -106,11 +130,19 @@ class TelegramServer:
     webhook_url: str = ""
     files: set[str] = field(default_factory=set)  # file ids issued for uploaded photos
     accept_private: bool = False  # any positive chat id is a private chat that started the bot
+    webhook_secret: str = ""
+    edits: list[Sent] = field(default_factory=list)  # editMessageText calls, as applied
+    answers: dict[str, str] = field(default_factory=dict)  # callback query id → answer text
+    commands: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # language → menu
+    conflicts: int = 0  # long polls ended because another getUpdates came in
 
     def __post_init__(self) -> None:
         self._updates: list[dict[str, Any]] = []
         self._update_id = 0
-        self._new_update = asyncio.Event()
+        self._poll: _Poll | None = None
+        self._request: web.Request | None = None  # set per call; tells pollers apart
+        self._queries: dict[str, bool] = {}  # callback query id → answered
+        self._query_ids = itertools.count(1)
         self._global: deque[float] = deque()
         self._per_chat: dict[int, deque[float]] = defaultdict(deque)
         self._message_ids: dict[int, int] = defaultdict(int)
@@ -128,7 +160,64 @@ class TelegramServer:
     def push_update(self, update: dict[str, Any]) -> None:
         self._update_id += 1
         self._updates.append({"update_id": self._update_id, **update})
-        self._new_update.set()
+        if self._poll is not None:
+            self._poll.woken.set()
+
+    def push_message(self, chat_id: int, text: str, **options: Any) -> dict[str, Any]:
+        """A person writes ``text`` to the bot (see ``message_update``); returns the message."""
+        update = self.message_update(chat_id, text, **options)
+        self.push_update(update)
+        return dict(update["message"])
+
+    def message_update(
+        self,
+        chat_id: int,
+        text: str,
+        *,
+        chat_type: str = "private",
+        user_id: int | None = None,
+        language_code: str = "de",
+    ) -> dict[str, Any]:
+        """The update (without ``update_id``) for a message from a person; commands are marked as
+        Telegram marks them."""
+        chat = self.chats.get(chat_id) or self.add_chat(
+            chat_id, type=chat_type, title=None if chat_type == "private" else "Gruppe"
+        )
+        self._message_ids[chat.id] += 1
+        message: dict[str, Any] = {
+            "message_id": self._message_ids[chat.id],
+            "date": int(time.time()),
+            "chat": _chat_json(chat),
+            "from": _user(user_id or chat_id, language_code),
+            "text": text,
+        }
+        if entities := _command_entities(text):
+            message["entities"] = entities
+        return {"message": message}
+
+    def push_callback(
+        self, chat_id: int, message_id: int, data: str, *, language_code: str = "de"
+    ) -> str:
+        """The person of a private chat presses the button with ``data`` under a bot message."""
+        chat, sent = self.chats[chat_id], self._own_message(chat_id, message_id)
+        rows = (sent.params.get("reply_markup") or {}).get("inline_keyboard", [])
+        pressable = [button.get("callback_data") for row in rows for button in row]
+        if data not in pressable:
+            raise ValueError(f"message {message_id} has no button with callback_data {data!r}")
+        query_id = str(next(self._query_ids))
+        self._queries[query_id] = False
+        self.push_update(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": _user(chat_id, language_code),
+                    "chat_instance": str(chat_id),
+                    "message": _message_json(chat, sent),
+                    "data": data,
+                }
+            }
+        )
+        return query_id
 
     def messages_to(self, chat_id: int) -> list[Sent]:
         return [s for s in self.sent if s.chat_id == chat_id]
@@ -154,6 +243,7 @@ class TelegramServer:
         handler = getattr(self, f"_m_{method.lower()}", None)
         if handler is None:
             return _error(ApiError(404, "Not Found"))
+        self._request = request  # read before the handler's first await
         try:
             return web.json_response({"ok": True, "result": await handler(params)})
         except ApiError as exc:
@@ -221,6 +311,7 @@ class TelegramServer:
             raise ApiError(400, "Bad Request: message text is empty")
         if utf16_length(text) > 4096:
             raise ApiError(400, "Bad Request: message is too long")
+        _checked_markup(params.get("reply_markup"))
         return self._deliver("sendMessage", chat, text, entities, params)
 
     async def _m_sendphoto(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -246,14 +337,36 @@ class TelegramServer:
                 "Conflict: can't use getUpdates method while webhook is active; "
                 "use deleteWebhook to delete the webhook first",
             )
+        self._overtake_poll()
         offset = int(params.get("offset") or 0)
         self._updates = [u for u in self._updates if u["update_id"] >= offset]
         if not self._updates and float(params.get("timeout") or 0) > 0:
-            self._new_update.clear()
-            with contextlib.suppress(TimeoutError):  # long polling: no update is an empty answer
-                await asyncio.wait_for(self._new_update.wait(), float(params["timeout"]))
+            poll = self._poll = _Poll(woken=asyncio.Event(), request=self._request)
+            try:
+                with contextlib.suppress(TimeoutError):  # no update: an empty answer
+                    await asyncio.wait_for(poll.woken.wait(), float(params["timeout"]))
+            finally:
+                if self._poll is poll:
+                    self._poll = None
+            if poll.terminated:
+                raise ApiError(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make sure that only one "
+                    "bot instance is running",
+                )
         limit = int(params.get("limit") or 100)
         return self._updates[:limit]
+
+    def _overtake_poll(self) -> None:
+        """A second getUpdates ends a long poll still waiting, unless its client already left."""
+        poll, self._poll = self._poll, None
+        if poll is None or poll.request is None:
+            return
+        transport = poll.request.transport
+        if transport is not None and not transport.is_closing():
+            poll.terminated = True
+            self.conflicts += 1
+        poll.woken.set()
 
     async def _m_setwebhook(self, params: dict[str, Any]) -> bool:
         url = str(params.get("url") or "")
@@ -261,14 +374,74 @@ class TelegramServer:
             raise ApiError(
                 400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
             )
-        self.webhook_url = url
+        secret = str(params.get("secret_token") or "")
+        if secret and not SECRET_TOKEN.match(secret):  # "1-256 characters … A-Z, a-z, 0-9, _ -"
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        self.webhook_url, self.webhook_secret = url, secret
         return True
 
     async def _m_deletewebhook(self, params: dict[str, Any]) -> bool:
-        self.webhook_url = ""
+        self.webhook_url = self.webhook_secret = ""
+        return True
+
+    async def _m_answercallbackquery(self, params: dict[str, Any]) -> bool:
+        query_id = str(params.get("callback_query_id") or "")
+        if self._queries.get(query_id) is not False:  # unknown, or answered already
+            raise ApiError(
+                400,
+                "Bad Request: query is too old and response timeout expired or query ID is invalid",
+            )
+        text = str(params.get("text") or "")
+        if len(text) > 200:
+            raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
+        self._queries[query_id] = True
+        self.answers[query_id] = text
+        return True
+
+    async def _m_editmessagetext(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._chat(params)
+        sent = self._own_message(chat.id, params.get("message_id"))
+        text, entities = _parse(params.get("text", ""), params.get("parse_mode"))
+        if not text:
+            raise ApiError(400, "Bad Request: message text is empty")
+        if utf16_length(text) > 4096:
+            raise ApiError(400, "Bad Request: message is too long")
+        markup = _checked_markup(params.get("reply_markup"))
+        if (text, entities, markup) == (sent.text, sent.entities, sent.params.get("reply_markup")):
+            raise ApiError(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply "
+                "markup are exactly the same as a current content and reply markup of the message",
+            )
+        sent.text, sent.entities = text, entities
+        sent.params = {k: v for k, v in sent.params.items() if k != "reply_markup"}
+        if markup is not None:
+            sent.params["reply_markup"] = markup
+        self.edits.append(Sent(**{**vars(sent), "method": "editMessageText", "at": time.time()}))
+        return {**_message_json(chat, sent), "edit_date": int(time.time())}
+
+    async def _m_setmycommands(self, params: dict[str, Any]) -> bool:
+        commands = params.get("commands")
+        if not isinstance(commands, list) or len(commands) > 100:
+            raise ApiError(400, "Bad Request: commands must be an array of at most 100 commands")
+        menu = []
+        for command in commands:
+            name, description = str(command.get("command", "")), str(command.get("description", ""))
+            if not BOT_COMMAND.match(name):
+                raise ApiError(400, "Bad Request: BOT_COMMAND_INVALID")
+            if not 1 <= len(description) <= 256:
+                raise ApiError(400, "Bad Request: command description must be non-empty")
+            menu.append((name, description))
+        self.commands[str(params.get("language_code") or "")] = menu
         return True
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _own_message(self, chat_id: int, message_id: Any) -> Sent:
+        for sent in self.sent:
+            if sent.chat_id == chat_id and str(sent.message_id) == str(message_id):
+                return sent
+        raise ApiError(400, "Bad Request: message to edit not found")
 
     def _chat(self, params: dict[str, Any]) -> Chat:
         try:
@@ -362,6 +535,60 @@ class TelegramServer:
                 }
             ]
         return message
+
+
+def _chat_json(chat: Chat) -> dict[str, Any]:
+    if chat.type == "private":
+        return {"id": chat.id, "type": "private", "first_name": "Test"}
+    return {"id": chat.id, "type": chat.type, "title": chat.title or "Gruppe"}
+
+
+def _user(user_id: int, language_code: str) -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": "Test", "language_code": language_code}
+
+
+def _message_json(chat: Chat, sent: Sent) -> dict[str, Any]:
+    """A text message the bot sent, as Telegram returns it (with its inline keyboard)."""
+    message: dict[str, Any] = {
+        "message_id": sent.message_id,
+        "date": int(sent.at),
+        "chat": _chat_json(chat),
+        "from": {"id": 0, "is_bot": True, "first_name": "BZI", "username": "bzi_test_bot"},
+        "text": sent.text,
+    }
+    if sent.entities:
+        message["entities"] = sent.entities
+    if markup := sent.params.get("reply_markup"):
+        message["reply_markup"] = markup
+    return message
+
+
+def _command_entities(text: str) -> list[dict[str, Any]]:
+    """``bot_command`` entities ("MessageEntity"), offsets and lengths in UTF-16 code units."""
+    return [
+        {
+            "type": "bot_command",
+            "offset": utf16_length(text[: match.start()]),
+            "length": utf16_length(match.group()),
+        }
+        for match in COMMAND.finditer(text)
+    ]
+
+
+def _checked_markup(markup: Any) -> dict[str, Any] | None:
+    """An "InlineKeyboardMarkup": rows of buttons with text and 1–64 bytes of callback_data."""
+    if not isinstance(markup, dict) or "inline_keyboard" not in markup:
+        return None
+    rows = markup["inline_keyboard"]
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise ApiError(400, 'Bad Request: field "inline_keyboard" must be an Array of Array')
+    for button in itertools.chain.from_iterable(rows):
+        if not str(button.get("text") or ""):
+            raise ApiError(400, "Bad Request: BUTTON_TEXT_EMPTY")
+        data = button.get("callback_data")
+        if data is not None and not 1 <= len(str(data).encode()) <= 64:
+            raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+    return dict(markup)
 
 
 def _parse(text: str, parse_mode: str | None) -> tuple[str, list[dict[str, Any]]]:
