@@ -371,14 +371,15 @@ async def test_webhook_mode_takes_updates_through_the_service(
         engine, database_url, webhook_url=url, webhook_secret=SecretStr(SECRET)
     ) as running:
         api = running.api
+        service = running.service
+        assert service is not None
 
         async def registered() -> bool:
-            return api.webhook_url == url and running.service.web_port is not None
+            return api.webhook_url == url and service.web_port is not None
 
         await wait_until(registered, timeout=15)
-        assert running.service is not None
         assert api.webhook_secret == SECRET
-        endpoint = f"http://127.0.0.1:{running.service.web_port}{WEBHOOK_PATH}"
+        endpoint = f"http://127.0.0.1:{service.web_port}{WEBHOOK_PATH}"
         update = {"update_id": 1, **api.message_update(PERSON, "/start")}
         async with aiohttp.ClientSession() as http:
             for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}):
