@@ -74,3 +74,22 @@ async def test_an_unexpected_error_is_a_short_page_in_the_chosen_language(
         service.stop()
         await asyncio.wait_for(task, 30)
         await smtp.stop()
+
+
+async def test_ready_reports_the_database_and_channel_health_and_metrics_count_rows(
+    served: tuple[Service, str],
+) -> None:
+    from bzi_broadcast.delivery import control
+
+    service, base = served
+    await control.set_paused(service.engine, "mastodon", True, "Mastodon muss neu verbunden werden")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/readyz") as answer:
+            body = await answer.json()
+            assert answer.status == 200
+        async with http.get(f"{base}/metrics") as answer:
+            metrics = await answer.text()
+    assert body["migrations"] == "current"
+    assert body["channels"]["mastodon"]["reason"] == "Mastodon muss neu verbunden werden"
+    assert 'bzi_channel_paused{channel="mastodon"} 1' in metrics
+    assert "# TYPE bzi_deliveries gauge" in metrics

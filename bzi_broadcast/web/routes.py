@@ -6,4 +6,6 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-SETUPS: list[Callable[[web.Application], None]] = []
+from bzi_broadcast.web import operations
+
+SETUPS: list[Callable[[web.Application], None]] = [operations.setup]
