@@ -58,6 +58,7 @@ from bzi_broadcast.subscribers.store import set_telegram_chat, suppress
 from bzi_broadcast.tokens import TokenSigner
 from bzi_broadcast.web import routes
 from bzi_broadcast.web.app import WebContext, create_app, start_site
+from bzi_broadcast.web.public import SUBSCRIPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,9 @@ class Service:
             elif not worker.paused and worker.channel.name in paused:
                 worker.paused = True
         await save_bucket(self.engine, self.email.bucket)
+        subscriptions = self.web.get(SUBSCRIPTIONS)
+        if subscriptions is not None:  # imported people get their confirmation link
+            await subscriptions.send_pending_confirmations()
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + PURGE_INTERVAL
             days = self.settings.subscribers.unconfirmed_days

@@ -94,3 +94,37 @@ async def test_unconfirmed_sign_ups_are_purged_after_the_configured_days(
     assert await gdpr.purge_unconfirmed(engine, days=30, now=now) == 1
     async with engine.connect() as conn:
         assert (await conn.execute(select(subscribers))).first() is None
+
+
+async def test_serve_mails_each_imported_person_a_confirmation_link_once(
+    engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    from bzi_broadcast.service import Service
+    from bzi_broadcast.testing.smtp import SmtpCapture
+
+    from .test_delivery import settings_for, wait_until
+
+    await _import(database_url, tmp_path)
+    async with SmtpCapture() as smtp:
+        service = Service(settings_for(database_url, smtp.port))
+        task = asyncio.create_task(service.run())
+        try:
+
+            async def mailed() -> bool:
+                return any(r.recipient == "anna@example.org" for r in smtp.received)
+
+            await wait_until(mailed, timeout=30)
+            await wait_until(lambda: _sent_recorded(engine), timeout=10)
+            for _sweep in range(2):  # more sweeps: nobody is mailed twice
+                await service._housekeeping()
+        finally:
+            service.stop()
+            await asyncio.wait_for(task, 30)
+    assert [r.recipient for r in smtp.received] == ["anna@example.org"]
+    assert "/bestaetigen/" in smtp.received[0].data.decode()
+
+
+async def _sent_recorded(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(subscribers.c.confirmation_sent_at))).first()
+    return row is not None and row[0] is not None

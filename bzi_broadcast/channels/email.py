@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
 
 from bzi_broadcast.channels.base import Receipt
@@ -75,6 +78,25 @@ class EmailChannel:
         await self.bucket.acquire()
         reply = await self._pool.send(self._settings.sender.address, delivery.recipient, message)
         return Receipt(remote_id=reply[:200] or None)
+
+    async def send_single(self, to: str, subject: str, html: str, text: str) -> None:
+        """One service mail (a confirmation link): same server, sender, rate limit and DKIM."""
+        message = EmailMessage(policy=SMTP)
+        message["From"] = formataddr(
+            (self._settings.sender.name or "", self._settings.sender.address)
+        )
+        message["To"] = to  # the address alone: nothing a visitor typed besides it
+        message["Subject"] = subject
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=self._message_id_domain)
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+        data = message.as_bytes()
+        if self._settings.dkim:
+            data = sign_dkim(data, self._settings.dkim)
+        await self.bucket.acquire()
+        await self._pool.send(self._settings.sender.address, to, data)
 
     def _link(self, purpose: str, subject: str, ttl: timedelta) -> str:
         token = self._signer.sign(purpose=purpose, subject=subject, ttl=ttl)

@@ -6,6 +6,6 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from bzi_broadcast.web import operations
+from bzi_broadcast.web import operations, public
 
-SETUPS: list[Callable[[web.Application], None]] = [operations.setup]
+SETUPS: list[Callable[[web.Application], None]] = [operations.setup, public.setup]
