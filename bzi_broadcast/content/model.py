@@ -230,6 +230,10 @@ class ChannelOptions(Frozen):
 class Announcement(Frozen):
     title: Annotated[SingleLine, Field(max_length=200)]
     language: Language = Language.DE
+    archive: bool = Field(
+        default=True,
+        description="false: nicht im öffentlichen Archiv und nicht im Atom-Feed",
+    )
     translation_group: (
         Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] | None
     ) = Field(

@@ -7,6 +7,7 @@ methods do no I/O.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 from typing import Final
 
 import jinja2
@@ -57,8 +58,14 @@ class Renderer:
     def telegram(self, announcement: Announcement) -> TelegramRendition:
         return render_telegram(self._ctx, announcement)
 
-    def web(self, announcement: Announcement) -> WebRendition:
-        return render_web(self._ctx, announcement)
+    def web(
+        self,
+        announcement: Announcement,
+        *,
+        entry_id: str | None = None,
+        updated: datetime | None = None,
+    ) -> WebRendition:
+        return render_web(self._ctx, announcement, entry_id=entry_id, updated=updated)
 
     def preview_page(self, announcement: Announcement, renditions: Renditions) -> str:
         """One self-contained HTML page showing every channel side by side, with counts."""

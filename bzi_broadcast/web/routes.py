@@ -6,6 +6,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from bzi_broadcast.web import operations, public
+from bzi_broadcast.web import archive, operations, public
 
-SETUPS: list[Callable[[web.Application], None]] = [operations.setup, public.setup]
+SETUPS: list[Callable[[web.Application], None]] = [
+    operations.setup,
+    public.setup,
+    archive.setup,
+]
