@@ -280,7 +280,7 @@ class Service:
         try:
             site = await start_site(self.web, settings.host, settings.port)
         except OSError as exc:
-            self.scheduler.shutdown()
+            await self.scheduler.stop()
             await self.engine.dispose()
             raise BroadcastError(
                 _("Webserver kann {host}:{port} nicht öffnen: {reason}").format(
@@ -320,7 +320,7 @@ class Service:
             await site.cleanup()
             if self.bot is not None:
                 await self.bot.stop()  # stops polling and releases the polling lock
-            self.scheduler.shutdown()
+            await self.scheduler.stop()
             for task in list(self._fan_outs.values()):
                 task.cancel()  # its chunk transaction rolls back; the next start resumes it
             await asyncio.gather(*self._fan_outs.values(), return_exceptions=True)

@@ -8,9 +8,12 @@ Release itself is idempotent, so a double firing is harmless.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -37,6 +40,7 @@ class Scheduler:
         self._release = release
         self._on_sweep = on_sweep
         self._ahead = timedelta(seconds=max(5.0, 2 * sweep_interval))
+        self._running: set[asyncio.Task[Any]] = set()
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._scheduler.add_job(
             self.sweep,
@@ -71,10 +75,11 @@ class Scheduler:
             job.remove()
 
     async def _fire(self, announcement_id: int) -> None:
-        try:
-            await self._release(announcement_id)
-        except Exception:
-            log.exception("release failed announcement_id=%s", announcement_id)
+        with self._tracked():
+            try:
+                await self._release(announcement_id)
+            except Exception:
+                log.exception("release failed announcement_id=%s", announcement_id)
 
     async def sweep(self) -> None:
         """Release what is due; plan exact jobs for what is due soon (queued by another process).
@@ -82,17 +87,30 @@ class Scheduler:
         Announcements written by the CLI, the web or another replica reach this scheduler here:
         those due within the look-ahead get a date job and are released on the second.
         """
+        with self._tracked():
+            try:
+                now = utcnow()
+                for announcement_id, publish_at in await self._announcements.due(now + self._ahead):
+                    if publish_at <= now:
+                        await self._fire(announcement_id)
+                    elif self._scheduler.get_job(f"release-{announcement_id}") is None:
+                        self.schedule(announcement_id, publish_at)
+                if self._on_sweep:
+                    await self._on_sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Remember the running job, so ``stop`` can let it finish instead of cutting it off."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
-            now = utcnow()
-            for announcement_id, publish_at in await self._announcements.due(now + self._ahead):
-                if publish_at <= now:
-                    await self._fire(announcement_id)
-                elif self._scheduler.get_job(f"release-{announcement_id}") is None:
-                    self.schedule(announcement_id, publish_at)
-            if self._on_sweep:
-                await self._on_sweep()
-        except Exception:
-            log.exception("sweep failed")
+            yield
+        finally:
+            if task is not None:
+                self._running.discard(task)
 
     def lag(self) -> float:
         """Seconds the next sweep is overdue (0 when on time): a health figure."""
@@ -105,3 +123,10 @@ class Scheduler:
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Fire nothing more, and let a sweep or release that is running finish."""
+        self.shutdown()
+        running = {task for task in self._running if task is not asyncio.current_task()}
+        if running:
+            await asyncio.wait(running, timeout=grace)
