@@ -87,6 +87,18 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
         ),
     )
     importer.set_defaults(handler=ops.run_import)
+    staff = commands.add_parser("users", help=_("verwaltet Konten der Mitarbeitenden"))
+    staff_commands = staff.add_subparsers(dest="subcommand", required=True, metavar="BEFEHL")
+    user_add = staff_commands.add_parser(
+        "add",
+        help=_("legt ein Konto an; das Passwort wird abgefragt (oder als erste Zeile gelesen)"),
+    )
+    user_add.add_argument("email", metavar="E-MAIL")
+    user_add.add_argument("--name", required=True)
+    user_add.add_argument("--role", choices=("editor", "publisher", "admin"), default="editor")
+    user_add.add_argument("--language", choices=("de", "en"), default="de")
+    user_add.add_argument("--database", metavar="URL")
+    user_add.set_defaults(handler=ops.run_user_add)
     export = sub_commands.add_parser(
         "export", help=_("gibt alle Abonnent*innen als JSON-Zeilen aus (oder eine Person)")
     )

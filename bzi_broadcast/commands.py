@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 import time
@@ -23,6 +24,7 @@ from bzi_broadcast.delivery.outbox import Counts, Outbox
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
+from bzi_broadcast.staff.accounts import Role, add_user
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.subscribers import gdpr
@@ -132,6 +134,31 @@ def run_import(args: argparse.Namespace) -> int:
     ).format(m=len(report.problems))
     print(f"{imported}, {skipped}.")
     return 1 if report.problems else 0
+
+
+def run_user_add(args: argparse.Namespace) -> int:
+    """The password from the terminal (asked twice), or the first line of standard input."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(_("Passwort: "))
+        if getpass.getpass(_("Passwort wiederholen: ")) != password:
+            print(_("Die Passwörter stimmen nicht überein."), file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+
+    async def work(engine: AsyncEngine) -> int:
+        return await add_user(
+            engine,
+            email=args.email,
+            name=args.name,
+            role=Role(args.role),
+            password=password,
+            language=args.language,
+        )
+
+    with_engine(args, work)
+    print(_("Konto {email} ({role}) angelegt.").format(email=args.email, role=args.role))
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:

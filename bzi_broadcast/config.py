@@ -145,6 +145,9 @@ class SubscriberSettings(_Section):
 
 class SecuritySettings(_Section):
     secret_key: SecretStr = SecretStr("demo-secret-change-me-demo-secret-change-me")
+    session_hours: int = Field(default=12, ge=1, description="a staff login lasts this long")
+    login_attempts: int = Field(default=5, ge=1, description="failed logins before a lockout")
+    lockout_minutes: int = Field(default=5, ge=1, description="first lockout; doubles each time")
 
 
 class Settings(_Section):

@@ -230,3 +230,41 @@ rate_limits = Table(
     Column("day_count", Integer, nullable=False),
     _now_column("updated_at"),
 )
+
+# Staff: editors draft, publishers approve and send, admins manage users and settings.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("password_hash", String(200), nullable=False),  # argon2id, with its parameters
+    Column("language", String(2), nullable=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("lockouts", Integer, nullable=False, default=0),
+    Column("locked_until", UTCDateTime()),
+    _now_column("created_at"),
+)
+
+# Server-side sessions; the cookie holds a random id, the table only its SHA-256.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    _now_column("created_at"),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+# Every staff action, append-only.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False, index=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("action", String(60), nullable=False),
+    Column("detail", Text),
+    Column("ip", String(64)),
+)

@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from bzi_broadcast.web import archive, operations, public
+from bzi_broadcast.web import admin, archive, operations, public
 
 SETUPS: list[Callable[[web.Application], None]] = [
     operations.setup,
     public.setup,
     archive.setup,
+    admin.setup,
 ]

@@ -1,0 +1,1 @@
+"""Staff accounts, sessions and the audit log (the admin's foundation)."""

@@ -1,0 +1,220 @@
+"""Staff accounts: argon2id password hashes, roles, lockout with backoff, sessions, audit log.
+
+Roles are ranked: an editor drafts; a publisher also approves, schedules and sends; an admin also
+manages users and settings. A failed login counts against the account; after
+``security.login_attempts`` in a row it is locked for ``lockout_minutes``, doubling with each
+further lockout. Unknown addresses cost the same hashing time as known ones. Session ids are
+random, sent only in the cookie, and stored as their SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.config import SecuritySettings
+from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.store.announcements import utcnow
+from bzi_broadcast.store.schema import audit_log, sessions, users
+
+MIN_PASSWORD = 12
+_HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
+_DUMMY = _HASHER.hash("not a password of anyone, used to spend the same time")
+
+
+class Role(StrEnum):
+    EDITOR = "editor"
+    PUBLISHER = "publisher"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        order = [Role.EDITOR, Role.PUBLISHER, Role.ADMIN]
+        return order.index(self) >= order.index(needed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class User:
+    id: int
+    email: str
+    name: str
+    role: Role
+    language: str
+
+    def __repr__(self) -> str:
+        return f"User(id={self.id}, role={self.role})"
+
+
+class LoginRefused(BroadcastError):
+    """Wrong address or password, or the account is locked (``until``)."""
+
+    def __init__(self, until: datetime | None = None) -> None:
+        super().__init__(
+            _("Anmeldung fehlgeschlagen: E-Mail-Adresse oder Passwort stimmen nicht.")
+            if until is None
+            else _("Zu viele Fehlversuche. Bitte versuchen Sie es später erneut.")
+        )
+        self.until = until
+
+
+async def add_user(
+    engine: AsyncEngine, *, email: str, name: str, role: Role, password: str, language: str = "de"
+) -> int:
+    if len(password) < MIN_PASSWORD:
+        raise BroadcastError(
+            _("Das Passwort muss mindestens {n} Zeichen lang sein.").format(n=MIN_PASSWORD)
+        )
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(
+                insert(users).values(
+                    email=email.strip().lower(),
+                    name=name.strip(),
+                    role=str(role),
+                    password_hash=_HASHER.hash(password),
+                    language=language,
+                    failed_logins=0,
+                    lockouts=0,
+                    created_at=utcnow(),
+                )
+            )
+            user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            await _audit(conn, None, "user.added", {"user_id": user_id, "role": str(role)}, None)
+            return user_id
+    except IntegrityError:
+        raise BroadcastError(
+            _("Es gibt schon ein Konto mit der Adresse {email}.").format(email=email)
+        ) from None
+
+
+async def authenticate(
+    engine: AsyncEngine, security: SecuritySettings, email: str, password: str, ip: str | None
+) -> User:
+    """The user, or ``LoginRefused`` after the failure is counted and audited (committed)."""
+    async with engine.begin() as conn:
+        outcome = await _attempt(conn, security, email, password, ip)
+    if isinstance(outcome, LoginRefused):
+        raise outcome
+    return outcome
+
+
+async def _attempt(
+    conn: Any, security: SecuritySettings, email: str, password: str, ip: str | None
+) -> User | LoginRefused:
+    now = utcnow()
+    row = (
+        await conn.execute(
+            select(users).where(users.c.email == email.strip().lower()).with_for_update()
+        )
+    ).first()
+    if row is None:
+        _verify(_DUMMY, password)
+        await _audit(conn, None, "login.failed", {"reason": "unknown"}, ip)
+        return LoginRefused()
+    if row.locked_until is not None and row.locked_until > now:
+        await _audit(conn, row.id, "login.locked", None, ip)
+        return LoginRefused(row.locked_until)
+    if not _verify(row.password_hash, password):
+        failed = row.failed_logins + 1
+        values: dict[str, Any] = {"failed_logins": failed}
+        if failed >= security.login_attempts:
+            minutes = security.lockout_minutes * 2 ** min(row.lockouts, 10)
+            values |= {
+                "failed_logins": 0,
+                "lockouts": row.lockouts + 1,
+                "locked_until": now + timedelta(minutes=minutes),
+            }
+        await conn.execute(update(users).where(users.c.id == row.id).values(**values))
+        await _audit(conn, row.id, "login.failed", {"reason": "password"}, ip)
+        return LoginRefused(values.get("locked_until"))
+    values = {"failed_logins": 0, "lockouts": 0, "locked_until": None}
+    if _HASHER.check_needs_rehash(row.password_hash):
+        values["password_hash"] = _HASHER.hash(password)
+    await conn.execute(update(users).where(users.c.id == row.id).values(**values))
+    await _audit(conn, row.id, "login", None, ip)
+    return _user(row)
+
+
+async def start_session(engine: AsyncEngine, user: User, hours: int) -> str:
+    """A fresh random id for every login (never one the browser brought along)."""
+    raw = secrets.token_urlsafe(32)
+    now = utcnow()
+    async with engine.begin() as conn:
+        await conn.execute(delete(sessions).where(sessions.c.expires_at < now))
+        await conn.execute(
+            insert(sessions).values(
+                id_hash=_digest(raw),
+                user_id=user.id,
+                created_at=now,
+                expires_at=now + timedelta(hours=hours),
+            )
+        )
+    return raw
+
+
+async def session_user(engine: AsyncEngine, raw: str | None) -> User | None:
+    if not raw:
+        return None
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(users)
+                .join(sessions, sessions.c.user_id == users.c.id)
+                .where(sessions.c.id_hash == _digest(raw), sessions.c.expires_at > utcnow())
+            )
+        ).first()
+    return _user(row) if row is not None else None
+
+
+async def end_session(engine: AsyncEngine, raw: str | None, ip: str | None) -> None:
+    if not raw:
+        return
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(select(sessions.c.user_id).where(sessions.c.id_hash == _digest(raw)))
+        ).first()
+        await conn.execute(delete(sessions).where(sessions.c.id_hash == _digest(raw)))
+        if row is not None:
+            await _audit(conn, row.user_id, "logout", None, ip)
+
+
+async def _audit(
+    conn: Any, user_id: int | None, action: str, detail: dict[str, Any] | None, ip: str | None
+) -> None:
+    await conn.execute(
+        insert(audit_log).values(
+            at=utcnow(),
+            user_id=user_id,
+            action=action,
+            detail=json.dumps(detail, ensure_ascii=False) if detail else None,
+            ip=ip,
+        )
+    )
+
+
+def _verify(hashed: str, password: str) -> bool:
+    try:
+        return _HASHER.verify(hashed, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _user(row: Any) -> User:
+    return User(
+        id=row.id, email=row.email, name=row.name, role=Role(row.role), language=row.language
+    )
