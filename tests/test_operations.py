@@ -286,3 +286,26 @@ def test_serve_refuses_to_start_without_a_mail_server(database_url: str, tmp_pat
     assert result.returncode == 1
     assert "E-Mail-Versand nicht möglich" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_stop_lets_a_running_sweep_finish_instead_of_cancelling_it(
+    engine: AsyncEngine,
+) -> None:
+    started = asyncio.Event()
+    finished: list[bool] = []
+
+    async def slow_housekeeping() -> None:
+        started.set()
+        await asyncio.sleep(0.3)  # stands for database work in progress
+        finished.append(True)
+
+    async def release(_announcement_id: int) -> None:
+        return None
+
+    scheduler = Scheduler(
+        Announcements(engine), release, sweep_interval=3600, on_sweep=slow_housekeeping
+    )
+    await scheduler.start()
+    await asyncio.wait_for(started.wait(), timeout=10)
+    await scheduler.stop()
+    assert finished == [True]

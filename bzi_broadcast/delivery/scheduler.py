@@ -102,15 +102,21 @@ class Scheduler:
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:
-        """Remember the running job, so ``stop`` can let it finish instead of cutting it off."""
+        """Remember the running job, so ``stop`` can let it finish instead of cutting it off.
+
+        Should the job still be cancelled (the grace period ran out), it ends quietly: release is
+        idempotent and its transaction rolled back, so the next start simply does it again."""
         task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
+        if task is None or task in self._running:  # a release inside a sweep: the sweep tracks
+            yield
+            return
+        self._running.add(task)
         try:
             yield
+        except asyncio.CancelledError:
+            log.info("scheduler job interrupted by shutdown")
         finally:
-            if task is not None:
-                self._running.discard(task)
+            self._running.discard(task)
 
     def lag(self) -> float:
         """Seconds the next sweep is overdue (0 when on time): a health figure."""
@@ -125,8 +131,14 @@ class Scheduler:
             self._scheduler.shutdown(wait=False)
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Fire nothing more, and let a sweep or release that is running finish."""
-        self.shutdown()
+        """Fire nothing more, and let a sweep or release that is running finish.
+
+        APScheduler's shutdown cancels the jobs it is running, so they are waited for first; a
+        job handed to the loop a moment ago gets one turn to start and be counted."""
+        if self._scheduler.running:
+            self._scheduler.pause()
+        await asyncio.sleep(0)
         running = {task for task in self._running if task is not asyncio.current_task()}
         if running:
             await asyncio.wait(running, timeout=grace)
+        self.shutdown()
