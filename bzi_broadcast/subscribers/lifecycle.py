@@ -170,6 +170,8 @@ class Subscriptions:
                         subscribers.c.status == str(SubscriberStatus.PENDING),
                         subscribers.c.confirmation_sent_at.is_(None),
                         subscribers.c.email.is_not(None),
+                        # a form sign-up mails its own link; racing it would send two
+                        subscribers.c.source == "import",
                     )
                     .order_by(subscribers.c.id)
                     .limit(batch)
@@ -318,31 +320,43 @@ class Subscriptions:
         return found.first() is not None
 
     async def _hit(self, key: str, limit: int, window: timedelta) -> bool:
-        """Count one use of ``key`` in a fixed window shared by every process; False: over."""
-        now = utcnow()
-        try:
+        """Count one use of ``key`` in a fixed window shared by every process; False: over.
+
+        The count goes up in one conditional UPDATE, atomic on SQLite and PostgreSQL alike; a
+        new window is an INSERT that only one of several racing processes can win."""
+        for _attempt in range(3):
+            now = utcnow()
             async with self._engine.begin() as conn:
-                row = (
-                    await conn.execute(
-                        select(throttles).where(throttles.c.key == key).with_for_update()
+                counted = await conn.execute(
+                    update(throttles)
+                    .where(
+                        throttles.c.key == key,
+                        throttles.c.reset_at > now,
+                        throttles.c.count < limit,
                     )
-                ).first()
-                if row is None or row.reset_at <= now:
-                    await conn.execute(delete(throttles).where(throttles.c.key == key))
+                    .values(count=throttles.c.count + 1)
+                )
+                if counted.rowcount:
+                    return True
+                current = await conn.execute(
+                    select(throttles.c.key).where(
+                        throttles.c.key == key, throttles.c.reset_at > now
+                    )
+                )
+                if current.first() is not None:
+                    return False  # the window is full
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        delete(throttles).where(throttles.c.key == key, throttles.c.reset_at <= now)
+                    )
                     await conn.execute(
                         insert(throttles).values(key=key, count=1, reset_at=now + window)
                     )
-                    return True
-                if row._mapping["count"] >= limit:  # (Row.count is tuple.count)
-                    return False
-                await conn.execute(
-                    update(throttles)
-                    .where(throttles.c.key == key)
-                    .values(count=throttles.c.count + 1)
-                )
                 return True
-        except IntegrityError:  # another process started the same window a moment earlier
-            return True
+            except IntegrityError:  # another process opened the window first: count in it
+                continue
+        return False
 
 
 async def _write_topics(
