@@ -243,12 +243,16 @@ class Service:
             self._fan_out_in_background(announcement_id)  # after a crash or another replica's
         await control.expire_due(self.engine)
         await self.outbox.requeue_expired_leases()
+        read_at = time.monotonic()
         paused = await control.paused_channels(self.engine)
         for worker in self.workers:
+            recorded = worker.pause_recorded_at
             if worker.paused and worker.channel.name not in paused:
-                worker.resume()
+                if recorded is not None and recorded < read_at:  # resumed by someone since
+                    worker.resume()
             elif not worker.paused and worker.channel.name in paused:
-                worker.paused = True
+                worker.paused = True  # paused by another process or `bzi-broadcast` elsewhere
+                worker.pause_recorded_at = read_at
         await save_bucket(self.engine, self.email.bucket)
         subscriptions = self.web.get(SUBSCRIPTIONS)
         if subscriptions is not None:  # imported people get their confirmation link

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._flush_now = asyncio.Event()
         self.paused = False
+        # when this worker's own pause was on disk: only a later read of the pause state may
+        # resume it (an earlier one had not seen the pause yet)
+        self.pause_recorded_at: float | None = None
         self.sent = 0
 
     def stop(self) -> None:
@@ -102,6 +106,7 @@ class Worker:
 
     def resume(self) -> None:
         self.paused = False
+        self.pause_recorded_at = None
         self._errors.clear()
         self._wakeup.set()
 
@@ -228,9 +233,11 @@ class Worker:
         if self.paused:
             return
         self.paused = True
+        self.pause_recorded_at = None
         log.warning("channel paused channel=%s reason=%s", self.channel.name, reason)
         if self._on_pause:
             await self._on_pause(self.channel.name, reason)
+        self.pause_recorded_at = time.monotonic()
 
     def _add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
