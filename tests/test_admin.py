@@ -17,7 +17,7 @@ from bzi_broadcast.staff.accounts import Role, add_user
 from bzi_broadcast.store.schema import audit_log, users
 from bzi_broadcast.testing.smtp import SmtpCapture
 
-from .test_delivery import settings_for
+from .test_delivery import serving, settings_for
 from .test_operations import cli
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -32,15 +32,11 @@ async def base(database_url: str, engine: AsyncEngine) -> AsyncIterator[str]:
     await add_user(
         engine, email="ada@bzi.example.org", name="Ada", role=Role.ADMIN, password=PASSWORD
     )
-    async with SmtpCapture() as smtp:
-        service = Service(settings_for(database_url, smtp.port))
-        task = asyncio.create_task(service.run())
-        async with asyncio.timeout(30):
-            while service.web_port is None:
-                await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{service.web_port}"
-        service.stop()
-        await asyncio.wait_for(task, 30)
+    async with (
+        SmtpCapture() as smtp,
+        serving(Service(settings_for(database_url, smtp.port))) as url,
+    ):
+        yield url
 
 
 def client(base: str) -> aiohttp.ClientSession:

@@ -3,7 +3,6 @@ honoured, escaped, nothing personal."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -19,22 +18,18 @@ from bzi_broadcast.service import Service
 from bzi_broadcast.store.announcements import Announcements, transition
 from bzi_broadcast.testing.smtp import SmtpCapture
 
-from .test_delivery import settings_for
+from .test_delivery import serving, settings_for
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 
 
 @pytest.fixture
 async def base(database_url: str) -> AsyncIterator[str]:
-    async with SmtpCapture() as smtp:
-        service = Service(settings_for(database_url, smtp.port))
-        task = asyncio.create_task(service.run())
-        async with asyncio.timeout(30):
-            while service.web_port is None:
-                await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{service.web_port}"
-        service.stop()
-        await asyncio.wait_for(task, 30)
+    async with (
+        SmtpCapture() as smtp,
+        serving(Service(settings_for(database_url, smtp.port))) as url,
+    ):
+        yield url
 
 
 async def add(

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,19 +426,15 @@ async def test_two_processes_on_postgresql_one_polls_and_the_other_takes_over(
     }
     try:
         async with SmtpCapture() as smtp:
-            processes = [
-                serve(
-                    pg_database_url, smtp.port, tmp_path, BZI_WEB_PORT=str(free_port()), **telegram
-                )
-                for _ in range(2)
-            ]
+            processes = [serve(pg_database_url, smtp.port, tmp_path, **telegram) for _ in range(2)]
             logs = [tmp_path / f"serve-{i}.log" for i in range(2)]
             try:
                 first = await wait_until(lambda: _pollers(logs, 1), timeout=60)
                 talk = Bot(api=api, engine=engine)
                 assert (await talk.say("/start")).text.startswith("Willkommen!")
-                # Observe for three lock attempts of the other process: it must not poll.
-                await asyncio.sleep(7)
+                # The other process tried the lock and was refused: it must not poll.
+                other = logs[1 - first[0]]
+                await wait_until(lambda: _logged(other, "another process polls"), timeout=20)
                 assert await _pollers(logs, 1) == first
                 assert api.conflicts == 0
                 assert len(api.messages_to(PERSON)) == 1
@@ -462,16 +457,12 @@ async def test_two_processes_on_postgresql_one_polls_and_the_other_takes_over(
         await engine.dispose()
 
 
-def free_port() -> int:
-    """A port free right now (``web.port`` must be at least 1, so 0 cannot ask the system)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def _polling(log: Path) -> bool:
-    return log.exists() and "telegram bot polling" in log.read_text(errors="replace")
+    return await _logged(log, "telegram bot polling")
+
+
+async def _logged(log: Path, text: str) -> bool:
+    return log.exists() and text in log.read_text(errors="replace")
 
 
 async def _pollers(logs: list[Path], expected: int) -> list[int]:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ from bzi_broadcast.service import Service
 from bzi_broadcast.testing.smtp import SmtpCapture
 
 from .conftest import ARTIFACTS, require_or_skip
-from .test_delivery import settings_for, wait_until
+from .test_delivery import serving, settings_for, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.browser
@@ -25,17 +24,15 @@ pytestmark = pytest.mark.browser
 async def test_sign_up_and_confirm_without_javascript_on_a_phone(database_url: str) -> None:
     require_or_skip(CHROMIUM.exists() and shutil.which("chromium") is not None, "/usr/bin/chromium")
     ARTIFACTS.mkdir(exist_ok=True)
-    async with SmtpCapture() as smtp, async_playwright() as playwright:
-        service = Service(settings_for(database_url, smtp.port))
-        task = asyncio.create_task(service.run())
+    async with (
+        SmtpCapture() as smtp,
+        serving(Service(settings_for(database_url, smtp.port))) as base,
+        async_playwright() as playwright,
+    ):
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=["--no-sandbox"]
         )
         try:
-            async with asyncio.timeout(30):
-                while service.web_port is None:
-                    await asyncio.sleep(0.02)
-            base = f"http://127.0.0.1:{service.web_port}"
             context = await browser.new_context(
                 java_script_enabled=False,
                 viewport={"width": 375, "height": 800},
@@ -74,5 +71,3 @@ async def test_sign_up_and_confirm_without_javascript_on_a_phone(database_url: s
             assert width <= 375
         finally:
             await browser.close()
-            service.stop()
-            await asyncio.wait_for(task, 30)

@@ -6,8 +6,9 @@ Faults are injected per recipient; every recipient must end exactly as injected,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -67,6 +68,22 @@ async def statuses(engine: AsyncEngine) -> dict[str, str]:
     async with engine.connect() as conn:
         rows = await conn.execute(select(deliveries.c.recipient, deliveries.c.status))
         return dict(rows.all())
+
+
+@contextlib.asynccontextmanager
+async def serving(service: Service) -> AsyncIterator[str]:
+    """Run ``service`` here until the block ends; yields its web server's base URL."""
+    task = asyncio.create_task(service.run())
+    try:
+        await wait_until(lambda: _bound(service), timeout=30)
+        yield f"http://127.0.0.1:{service.web_port}"
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def _bound(service: Service) -> bool:
+    return service.web_port is not None
 
 
 async def start_service(

@@ -164,27 +164,7 @@ async def test_image_is_uploaded_with_alt_text_and_processed_first(
     data = json.loads(load_announcement(EXAMPLE).model_dump_json())
     data["image"] = {"src": str(image), "alt": "Podium der Regionalkonferenz in Potsdam"}
     announcement = Announcement.model_validate(data)
-    smtp = await SmtpCapture().start()
-    base = settings_for(database_url, smtp.port)
-    settings = base.model_copy(
-        update={
-            "mastodon": base.mastodon.model_copy(
-                update={"enabled": True, "base_url": url, "access_token": SecretStr("secret")}
-            )
-        }
-    )
-    service = Service(settings)
-    task = asyncio.create_task(service.run())
-    store = Announcements(engine)
-    try:
-        announcement_id = await store.create(
-            announcement, actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
-        )
-        await wait_until(lambda: _finished(store, announcement_id), timeout=60)
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, 30)
-        await smtp.stop()
+    await run_announcement(engine, database_url, url, announcement=announcement)
     first = api.thread()[0]
     assert first["media_attachments"][0]["description"] == "Podium der Regionalkonferenz in Potsdam"
     assert first["media_attachments"][0]["url"]  # processed before the status was created

@@ -5,13 +5,13 @@ preferences, bad tokens, CSRF, enumeration resistance, rate limits and escaping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import statistics
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 import aiohttp
 import pytest
@@ -27,7 +27,7 @@ from bzi_broadcast.subscribers.store import suppress
 from bzi_broadcast.testing.smtp import SmtpCapture
 from bzi_broadcast.web.public import BACKGROUND, normalize_address
 
-from .test_delivery import example_announcement, settings_for, wait_until
+from .test_delivery import example_announcement, serving, settings_for, wait_until
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -43,26 +43,22 @@ class Site:
         return aiohttp.ClientSession(self.base, cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
-@pytest.fixture
-async def site(database_url: str) -> AsyncIterator[Site]:
+@contextlib.asynccontextmanager
+async def open_site(database_url: str, **subscriber_settings: object) -> AsyncIterator[Site]:
     async with SmtpCapture() as smtp:
         base = settings_for(database_url, smtp.port)
         settings = base.model_copy(
-            update={
-                "subscribers": base.subscribers.model_copy(
-                    update={"signups_per_ip_per_hour": 50, "ip_logging": "full"}
-                )
-            }
+            update={"subscribers": base.subscribers.model_copy(update=subscriber_settings)}
         )
         service = Service(settings)
-        task = asyncio.create_task(service.run())
-        async with asyncio.timeout(30):
-            while service.web_port is None:
-                await asyncio.sleep(0.02)
-        url = f"http://127.0.0.1:{service.web_port}"
-        yield Site(service, smtp, url, settings)
-        service.stop()
-        await asyncio.wait_for(task, 30)
+        async with serving(service) as url:
+            yield Site(service, smtp, url, settings)
+
+
+@pytest.fixture
+async def site(database_url: str) -> AsyncIterator[Site]:
+    async with open_site(database_url, signups_per_ip_per_hour=50, ip_logging="full") as opened:
+        yield opened
 
 
 async def sign_up(http: aiohttp.ClientSession, **fields: str) -> tuple[int, str]:
@@ -272,36 +268,19 @@ async def test_known_unknown_and_suppressed_addresses_look_the_same(
 
 
 async def test_rate_limits_per_ip_and_per_address(database_url: str, engine: AsyncEngine) -> None:
-    async with SmtpCapture() as smtp:
-        base = settings_for(database_url, smtp.port)
-        settings = base.model_copy(
-            update={
-                "subscribers": base.subscribers.model_copy(
-                    update={"signups_per_ip_per_hour": 4, "confirmations_per_address_per_day": 2}
-                )
-            }
-        )
-        service = Service(settings)
-        task = asyncio.create_task(service.run())
-        try:
-            await wait_until(partial(_port, service), timeout=30)
-            site = Site(service, smtp, f"http://127.0.0.1:{service.web_port}", settings)
-            async with site.client() as http:
-                statuses = [(await sign_up(http, email="dora@example.org"))[0] for _ in range(5)]
-                assert statuses == [200, 200, 200, 200, 429]
-            await mails_to(smtp, "dora@example.org", count=2)
-            pending = service.web[BACKGROUND]  # sign-ups finish after their answer
-            if pending:
-                await asyncio.wait(pending, timeout=10)
-            # the third and fourth sign-up of the address were throttled: no more mail
-            assert len([r for r in smtp.received if r.recipient == "dora@example.org"]) == 2
-        finally:
-            service.stop()
-            await asyncio.wait_for(task, 30)
-
-
-async def _port(service: Service) -> bool:
-    return service.web_port is not None
+    async with open_site(
+        database_url, signups_per_ip_per_hour=4, confirmations_per_address_per_day=2
+    ) as site:
+        async with site.client() as http:
+            statuses = [(await sign_up(http, email="dora@example.org"))[0] for _ in range(5)]
+            assert statuses == [200, 200, 200, 200, 429]
+        await mails_to(site.smtp, "dora@example.org", count=2)
+        pending = site.service.web[BACKGROUND]  # sign-ups finish after their answer
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        # the third and fourth sign-up of the address were throttled: no more mail
+        received = [r for r in site.smtp.received if r.recipient == "dora@example.org"]
+        assert len(received) == 2
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,21 +12,15 @@ from bzi_broadcast.service import Service
 from bzi_broadcast.testing.smtp import SmtpCapture
 from bzi_broadcast.web import routes
 
-from .test_delivery import settings_for
+from .test_delivery import serving, settings_for
 
 
 @pytest.fixture
 async def served(database_url: str) -> AsyncIterator[tuple[Service, str]]:
-    smtp = await SmtpCapture().start()
-    service = Service(settings_for(database_url, smtp.port))
-    task = asyncio.create_task(service.run())
-    async with asyncio.timeout(30):
-        while service.web_port is None:
-            await asyncio.sleep(0.02)
-    yield service, f"http://127.0.0.1:{service.web_port}"
-    service.stop()
-    await asyncio.wait_for(task, 30)
-    await smtp.stop()
+    async with SmtpCapture() as smtp:
+        service = Service(settings_for(database_url, smtp.port))
+        async with serving(service) as base:
+            yield service, base
 
 
 async def test_health_and_security_headers(served: tuple[Service, str]) -> None:
@@ -48,19 +41,14 @@ async def test_an_unexpected_error_is_a_short_page_in_the_chosen_language(
     def setup(app: web.Application) -> None:
         app.router.add_get("/kaputt", broken)
 
+    smtp = await SmtpCapture().start()
     routes.SETUPS.append(setup)
     try:
-        smtp = await SmtpCapture().start()
         service = Service(settings_for(database_url, smtp.port))
     finally:
         routes.SETUPS.remove(setup)
-    task = asyncio.create_task(service.run())
     try:
-        async with asyncio.timeout(30):
-            while service.web_port is None:
-                await asyncio.sleep(0.02)
-        base = f"http://127.0.0.1:{service.web_port}"
-        async with aiohttp.ClientSession() as http:
+        async with serving(service) as base, aiohttp.ClientSession() as http:
             async with http.get(f"{base}/kaputt") as answer:
                 text = await answer.text()
                 assert answer.status == 500
@@ -71,8 +59,6 @@ async def test_an_unexpected_error_is_a_short_page_in_the_chosen_language(
                 assert "internal error" in await answer.text()
                 assert answer.cookies["lang"].value == "en"
     finally:
-        service.stop()
-        await asyncio.wait_for(task, 30)
         await smtp.stop()
 
 

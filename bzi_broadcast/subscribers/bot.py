@@ -67,6 +67,9 @@ class PollingLock:
     async def acquire(self) -> None:
         if self.engine.dialect.name != "postgresql":
             return
+        if await self._try():
+            return
+        log.info("telegram bot waits: another process polls pid=%s", os.getpid())
         while not await self._try():
             await asyncio.sleep(RETRY_SECONDS)
 

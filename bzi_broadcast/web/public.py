@@ -21,7 +21,7 @@ from multidict import MultiDictProxy
 from bzi_broadcast.channels.email import EmailChannel
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import use_locale
-from bzi_broadcast.subscribers.lifecycle import SignUp, Subscriptions, TokenState
+from bzi_broadcast.subscribers.lifecycle import Preferences, SignUp, Subscriptions, TokenState
 from bzi_broadcast.subscribers.store import normalize_email
 from bzi_broadcast.web.app import (
     CONTEXT,
@@ -296,12 +296,20 @@ async def _unsubscribe(request: web.Request) -> web.Response:
 # --- preferences ----------------------------------------------------------------------------
 
 
-async def _preferences_form(request: web.Request) -> web.Response:
+async def _current_preferences(request: web.Request) -> Preferences | web.Response:
+    """The preferences the link's token stands for, or the page explaining a bad link."""
     subscriptions = request.app[SUBSCRIPTIONS]
     state, subscriber_id = subscriptions.check(request.match_info["token"], "preferences")
-    current = await subscriptions.preferences(subscriber_id) if subscriber_id else None
-    if state is not TokenState.VALID or current is None:
-        return _bad_link(request, state if state is not TokenState.VALID else TokenState.INVALID)
+    if state is not TokenState.VALID or subscriber_id is None:
+        return _bad_link(request, state)
+    current = await subscriptions.preferences(subscriber_id)
+    return current if current is not None else _bad_link(request, TokenState.INVALID)
+
+
+async def _preferences_form(request: web.Request) -> web.Response:
+    current = await _current_preferences(request)
+    if isinstance(current, web.Response):
+        return current
     values = {
         "language": current.language,
         "topics": sorted(current.topics),
@@ -312,11 +320,9 @@ async def _preferences_form(request: web.Request) -> web.Response:
 
 
 async def _preferences(request: web.Request) -> web.Response:
-    subscriptions = request.app[SUBSCRIPTIONS]
-    state, subscriber_id = subscriptions.check(request.match_info["token"], "preferences")
-    current = await subscriptions.preferences(subscriber_id) if subscriber_id else None
-    if state is not TokenState.VALID or current is None or subscriber_id is None:
-        return _bad_link(request, state if state is not TokenState.VALID else TokenState.INVALID)
+    current = await _current_preferences(request)
+    if isinstance(current, web.Response):
+        return current
     form = await request.post()
     check_csrf(request, form)
     known = {t.id for t in context_of(request).settings.subscribers.topics}
@@ -346,8 +352,8 @@ async def _preferences(request: web.Request) -> web.Response:
             values=values,
             problems=problems,
         )
-    await subscriptions.update_preferences(
-        subscriber_id,
+    await request.app[SUBSCRIPTIONS].update_preferences(
+        current.subscriber_id,
         language=language,
         topics=topics,
         paused_until=pause,
