@@ -61,6 +61,12 @@ def use_locale(locale: str) -> Iterator[None]:
         _active.reset(token)
 
 
+def adopt_locale(locale: str) -> None:
+    """Switch the locale for the rest of the enclosing ``use_locale`` block (a staff member's own
+    language, known only once the handler has found who is logged in)."""
+    _active.set(normalize_locale(locale))
+
+
 def gettext(message: str) -> str:
     return translations(_active.get()).gettext(message)
 

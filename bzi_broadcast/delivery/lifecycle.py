@@ -7,6 +7,8 @@ from enum import StrEnum
 
 class AnnouncementStatus(StrEnum):
     DRAFT = "draft"
+    IN_REVIEW = "in_review"  # an editor submitted it; a publisher (not the author) approves
+    APPROVED = "approved"  # approved; a publisher schedules it
     SCHEDULED = "scheduled"
     SENDING = "sending"
     SENT = "sent"
@@ -25,8 +27,10 @@ class DeliveryStatus(StrEnum):
 
 A = AnnouncementStatus
 TRANSITIONS: dict[AnnouncementStatus, frozenset[AnnouncementStatus]] = {
-    A.DRAFT: frozenset({A.SCHEDULED, A.CANCELLED}),
-    A.SCHEDULED: frozenset({A.SENDING, A.CANCELLED, A.EXPIRED, A.DRAFT}),
+    A.DRAFT: frozenset({A.IN_REVIEW, A.SCHEDULED, A.CANCELLED}),  # SCHEDULED: the CLI's queue
+    A.IN_REVIEW: frozenset({A.APPROVED, A.DRAFT, A.CANCELLED}),
+    A.APPROVED: frozenset({A.SCHEDULED, A.DRAFT, A.CANCELLED}),
+    A.SCHEDULED: frozenset({A.SENDING, A.CANCELLED, A.EXPIRED, A.DRAFT, A.SCHEDULED}),
     A.SENDING: frozenset({A.SENT, A.PARTIALLY_FAILED, A.CANCELLED, A.EXPIRED}),
     A.SENT: frozenset(),
     A.PARTIALLY_FAILED: frozenset({A.SENDING}),  # "retry failed" re-opens it

@@ -27,7 +27,7 @@ from bzi_broadcast.config import SecuritySettings
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.announcements import utcnow
-from bzi_broadcast.store.schema import audit_log, sessions, users
+from bzi_broadcast.store.schema import api_tokens, audit_log, sessions, users
 
 MIN_PASSWORD = 12
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -187,6 +187,55 @@ async def end_session(engine: AsyncEngine, raw: str | None, ip: str | None) -> N
         await conn.execute(delete(sessions).where(sessions.c.id_hash == _digest(raw)))
         if row is not None:
             await _audit(conn, row.user_id, "logout", None, ip)
+
+
+API_TOKEN_PREFIX = "bzi_"  # noqa: S105 - a prefix, not a secret
+
+
+async def create_api_token(engine: AsyncEngine, user: User, name: str) -> str:
+    """A new bearer token for ``user``; shown once, stored as its SHA-256."""
+    raw = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(api_tokens).values(
+                user_id=user.id,
+                name=name.strip()[:100],
+                token_hash=_digest(raw),
+                created_at=utcnow(),
+            )
+        )
+        await _audit(conn, user.id, "api_token.created", {"name": name.strip()[:100]}, None)
+    return raw
+
+
+async def token_user(engine: AsyncEngine, raw: str | None) -> User | None:
+    """The user a bearer token belongs to, unless it is unknown or revoked."""
+    if not raw or not raw.startswith(API_TOKEN_PREFIX):
+        return None
+    digest = _digest(raw)
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                select(users)
+                .join(api_tokens, api_tokens.c.user_id == users.c.id)
+                .where(api_tokens.c.token_hash == digest, api_tokens.c.revoked_at.is_(None))
+            )
+        ).first()
+        if row is not None:
+            await conn.execute(
+                update(api_tokens)
+                .where(api_tokens.c.token_hash == digest)
+                .values(last_used_at=utcnow())
+            )
+    return _user(row) if row is not None else None
+
+
+async def user_by_email(engine: AsyncEngine, email: str) -> User | None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(users).where(users.c.email == email.strip().lower()))
+        ).first()
+    return _user(row) if row is not None else None
 
 
 async def _audit(

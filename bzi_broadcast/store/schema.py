@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -82,6 +83,12 @@ announcements = Table(
     Column("translation_group", String(100), index=True),  # language versions of one message
     _now_column("created_at"),
     _now_column("updated_at"),
+    # Every edit raises the version; an edit based on an older one is refused (stale edit).
+    Column("version", Integer, nullable=False, default=1, server_default="1"),
+    Column("author_id", Id, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("submitted_by", Id, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("approved_by", Id, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("approved_at", UTCDateTime()),
     Index(None, "status", "publish_at"),
 )
 
@@ -267,4 +274,31 @@ audit_log = Table(
     Column("action", String(60), nullable=False),
     Column("detail", Text),
     Column("ip", String(64)),
+)
+
+# Bearer tokens for the REST API, one or more per user; only their SHA-256 is stored.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", String(100), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    _now_column("created_at"),
+    Column("last_used_at", UTCDateTime()),
+    Column("revoked_at", UTCDateTime()),
+)
+
+# Uploaded images (the editor's image block), kept in the database so every replica serves them.
+media = Table(
+    "media",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("content_type", String(40), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="SET NULL")),
+    _now_column("created_at"),
 )

@@ -7,9 +7,12 @@ login. The editor, approval and dashboard views build on ``require``.
 
 from __future__ import annotations
 
-from aiohttp import web
-from sqlalchemy import select
+from typing import Any
 
+from aiohttp import web
+from sqlalchemy import select, update
+
+from bzi_broadcast.i18n import LOCALES, adopt_locale
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.accounts import (
     LoginRefused,
@@ -20,11 +23,11 @@ from bzi_broadcast.staff.accounts import (
     session_user,
     start_session,
 )
+from bzi_broadcast.staff.workflow import audit
 from bzi_broadcast.store.schema import announcements, users
 from bzi_broadcast.web.app import check_csrf, client_ip, context_of, csrf_token, page
 
 SESSION_COOKIE = "bzi_session"
-USER = "user"
 
 
 def setup(app: web.Application) -> None:
@@ -33,18 +36,36 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/admin/abmelden", _logout)
     app.router.add_get("/admin", _overview)
     app.router.add_get("/admin/benutzer", _users)
+    app.router.add_get("/admin/konto", _account)
+    app.router.add_post("/admin/konto", _set_language)
 
 
 async def require(request: web.Request, role: Role = Role.EDITOR) -> User:
-    """The logged-in user with at least ``role``; else to the login page, or 403."""
+    """The logged-in user with at least ``role``; else to the login page, or 403.
+
+    From here on the request speaks the user's own language (unless ``?lang=`` chose one).
+    """
     context = context_of(request)
     user = await session_user(context.engine, request.cookies.get(SESSION_COOKIE))
     if user is None:
         raise web.HTTPSeeOther("/admin/anmelden")
+    if "lang" not in request.query:
+        request["language"] = user.language
+        adopt_locale(user.language)
     if not user.role.allows(role):
         raise web.HTTPForbidden(text=_("Dafür fehlt Ihrer Rolle die Berechtigung."))
-    request[USER] = user
     return user
+
+
+def staff_page(
+    request: web.Request, template: str, user: User, *, status: int = 200, **values: Any
+) -> web.Response:
+    """A page in the staff frame (``admin_base.html.j2``), with a CSRF token for its forms."""
+    holder = web.Response()
+    token = csrf_token(request, holder)
+    rendered = page(request, template, status=status, user=user, csrf=token, **values)
+    rendered.cookies.update(holder.cookies)
+    return rendered
 
 
 async def _login_form(request: web.Request) -> web.Response:
@@ -122,13 +143,7 @@ async def _overview(request: web.Request) -> web.Response:
                 .limit(50)
             )
         ).all()
-    response = web.Response()
-    token = csrf_token(request, response)
-    rendered = page(
-        request, "admin_start.html.j2", user=user, csrf=token, entries=[tuple(r) for r in rows]
-    )
-    rendered.cookies.update(response.cookies)
-    return rendered
+    return staff_page(request, "admin_start.html.j2", user, entries=[tuple(r) for r in rows])
 
 
 async def _users(request: web.Request) -> web.Response:
@@ -141,4 +156,31 @@ async def _users(request: web.Request) -> web.Response:
                 )
             )
         ).all()
-    return page(request, "admin_benutzer.html.j2", user=user, people=[tuple(r) for r in rows])
+    return staff_page(request, "admin_benutzer.html.j2", user, people=[tuple(r) for r in rows])
+
+
+async def _account(request: web.Request) -> web.Response:
+    user = await require(request)
+    return staff_page(request, "admin_konto.html.j2", user, role_label=role_label(user.role))
+
+
+async def _set_language(request: web.Request) -> web.Response:
+    """Each staff member reads the workspace in their own language."""
+    user = await require(request)
+    form = await request.post()
+    check_csrf(request, form)
+    language = str(form.get("language", ""))
+    if language not in LOCALES:
+        raise web.HTTPBadRequest(text=_("Diese Sprache gibt es nicht."))
+    async with context_of(request).engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.id == user.id).values(language=language))
+        await audit(conn, user, "user.language", {"language": language}, client_ip(request))
+    raise web.HTTPSeeOther("/admin/konto")
+
+
+def role_label(role: Role) -> str:
+    return {
+        Role.EDITOR: _("Redaktion"),
+        Role.PUBLISHER: _("Veröffentlichung"),
+        Role.ADMIN: _("Administration"),
+    }[role]

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -54,6 +55,7 @@ class WebContext:
 
 
 CONTEXT = web.AppKey("context", WebContext)
+STATIC_DIR = Path(__file__).parent / "static"  # vendored scripts; no CDN
 
 
 def create_app(context: WebContext, *setups: Callable[[web.Application], None]) -> web.Application:
@@ -62,6 +64,7 @@ def create_app(context: WebContext, *setups: Callable[[web.Application], None]) 
     )
     app[CONTEXT] = context
     app.router.add_get("/healthz", _healthz)
+    app.router.add_static("/static/", STATIC_DIR, append_version=True)
     for setup in setups:
         setup(app)
     return app

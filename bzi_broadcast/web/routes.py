@@ -6,11 +6,15 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from bzi_broadcast.web import admin, archive, operations, public
+from bzi_broadcast.web import admin, api, archive, dashboard, editor, operations, people, public
 
 SETUPS: list[Callable[[web.Application], None]] = [
     operations.setup,
     public.setup,
     archive.setup,
     admin.setup,
+    editor.setup,
+    dashboard.setup,
+    people.setup,
+    api.setup,
 ]

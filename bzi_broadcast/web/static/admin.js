@@ -1,0 +1,1 @@
+// Progressive enhancement for the staff workspace; every page works without it.
