@@ -99,6 +99,13 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     user_add.add_argument("--language", choices=("de", "en"), default="de")
     user_add.add_argument("--database", metavar="URL")
     user_add.set_defaults(handler=ops.run_user_add)
+    user_token = staff_commands.add_parser(
+        "token", help=_("legt einen Zugangsschlüssel für die REST-API an (einmal angezeigt)")
+    )
+    user_token.add_argument("email", metavar="E-MAIL")
+    user_token.add_argument("--name", required=True, help=_("wofür der Schlüssel dient"))
+    user_token.add_argument("--database", metavar="URL")
+    user_token.set_defaults(handler=ops.run_user_token)
     export = sub_commands.add_parser(
         "export", help=_("gibt alle Abonnent*innen als JSON-Zeilen aus (oder eine Person)")
     )

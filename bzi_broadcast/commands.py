@@ -24,7 +24,7 @@ from bzi_broadcast.delivery.outbox import Counts, Outbox
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
-from bzi_broadcast.staff.accounts import Role, add_user
+from bzi_broadcast.staff.accounts import Role, add_user, create_api_token, user_by_email
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.subscribers import gdpr
@@ -158,6 +158,24 @@ def run_user_add(args: argparse.Namespace) -> int:
 
     with_engine(args, work)
     print(_("Konto {email} ({role}) angelegt.").format(email=args.email, role=args.role))
+    return 0
+
+
+def run_user_token(args: argparse.Namespace) -> int:
+    """A bearer token for the REST API, printed once (only its hash is kept)."""
+
+    async def work(engine: AsyncEngine) -> str | None:
+        user = await user_by_email(engine, args.email)
+        return None if user is None else await create_api_token(engine, user, args.name)
+
+    token = with_engine(args, work)
+    if token is None:
+        print(
+            _("Es gibt kein Konto mit der Adresse {email}.").format(email=args.email),
+            file=sys.stderr,
+        )
+        return 1
+    print(token)
     return 0
 
 

@@ -252,6 +252,7 @@ users = Table(
     Column("lockouts", Integer, nullable=False, default=0),
     Column("locked_until", UTCDateTime()),
     _now_column("created_at"),
+    Column("telegram_chat_id", Id),  # where "send a test to me" goes on Telegram
 )
 
 # Server-side sessions; the cookie holds a random id, the table only its SHA-256.

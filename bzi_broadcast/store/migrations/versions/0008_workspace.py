@@ -31,6 +31,8 @@ def upgrade() -> None:
                 ondelete="SET NULL",
             )
         batch_op.add_column(sa.Column("approved_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("telegram_chat_id", Id, nullable=True))
     op.create_table(
         "api_tokens",
         sa.Column("id", Id, autoincrement=True, nullable=False),
@@ -69,6 +71,8 @@ def downgrade() -> None:
     op.drop_table("media")
     op.drop_index(op.f("ix_api_tokens_user_id"), table_name="api_tokens")
     op.drop_table("api_tokens")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("telegram_chat_id")
     with op.batch_alter_table("announcements", schema=None) as batch_op:
         batch_op.drop_column("approved_at")
         for column in reversed(_PEOPLE):
