@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select, update
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.i18n import LOCALES, adopt_locale
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.accounts import (
@@ -23,9 +26,10 @@ from bzi_broadcast.staff.accounts import (
     session_user,
     start_session,
 )
-from bzi_broadcast.staff.workflow import audit
+from bzi_broadcast.staff.workflow import audit, status_label
 from bzi_broadcast.store.schema import announcements, users
 from bzi_broadcast.web.app import check_csrf, client_ip, context_of, csrf_token, page
+from bzi_broadcast.web.display import Page, local_time
 
 SESSION_COOKIE = "bzi_session"
 
@@ -129,21 +133,66 @@ async def _logout(request: web.Request) -> web.Response:
 
 
 async def _overview(request: web.Request) -> web.Response:
+    """Announcements newest first, with a status filter; publishers see what awaits them."""
     user = await require(request)
+    chosen = request.query.get("status", "")
+    status = AnnouncementStatus(chosen) if chosen in set(AnnouncementStatus) else None
     async with context_of(request).engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(
-                    announcements.c.id,
-                    announcements.c.title,
-                    announcements.c.status,
-                    announcements.c.publish_at,
-                )
-                .order_by(announcements.c.id.desc())
-                .limit(50)
-            )
-        ).all()
-    return staff_page(request, "admin_start.html.j2", user, entries=[tuple(r) for r in rows])
+        listing = _announcement_list(status)
+        total = (await conn.execute(select(func.count()).select_from(listing.subquery()))).scalar()
+        pages = Page.of(request.query.get("seite"), total or 0)
+        rows = (await conn.execute(listing.limit(pages.size).offset(pages.offset))).all()
+        waiting = await _awaiting_approval(conn, user) if user.role.allows(Role.PUBLISHER) else 0
+    return staff_page(
+        request,
+        "admin_start.html.j2",
+        user,
+        entries=[_entry(row) for row in rows],
+        statuses=[(str(s), status_label(s)) for s in AnnouncementStatus],
+        chosen=str(status) if status else "",
+        waiting=waiting,
+        pages=pages,
+        query={"status": chosen if status else ""},
+    )
+
+
+def _announcement_list(status: AnnouncementStatus | None) -> Select[Any]:
+    query = (
+        select(
+            announcements.c.id,
+            announcements.c.title,
+            announcements.c.status,
+            announcements.c.publish_at,
+            announcements.c.released_at,
+            users.c.name.label("author"),
+        )
+        .outerjoin(users, users.c.id == announcements.c.author_id)
+        .order_by(announcements.c.created_at.desc(), announcements.c.id.desc())
+    )
+    return query if status is None else query.where(announcements.c.status == str(status))
+
+
+async def _awaiting_approval(conn: AsyncConnection, user: User) -> int:
+    """Submitted announcements this publisher may approve (not written or submitted by them)."""
+    query = select(func.count()).where(
+        announcements.c.status == str(AnnouncementStatus.IN_REVIEW),
+        or_(announcements.c.author_id.is_(None), announcements.c.author_id != user.id),
+        or_(announcements.c.submitted_by.is_(None), announcements.c.submitted_by != user.id),
+    )
+    return int((await conn.execute(query)).scalar() or 0)
+
+
+def _entry(row: Row[Any]) -> dict[str, Any]:
+    status = AnnouncementStatus(row.status)
+    return {
+        "id": row.id,
+        "title": row.title,
+        "status": str(status),
+        "status_label": status_label(status),
+        "publish_at": local_time(row.publish_at),
+        "author": row.author or "",
+        "released": row.released_at is not None,
+    }
 
 
 async def _users(request: web.Request) -> web.Response:
