@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/bzi-broadcast preview config/examples/weltoffene-kommunen.yaml
+	$(BIN)/bzi-broadcast serve --demo
 
 test: $(STAMP) lint typecheck unit
 

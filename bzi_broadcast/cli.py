@@ -70,7 +70,18 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     retry.add_argument("id", type=int, metavar="ID")
     resume = add("resume", ops.run_resume, _("setzt einen pausierten Kanal fort"))
     resume.add_argument("channel", choices=("email", "mastodon", "telegram"))
-    add("serve", ops.run_serve, _("startet Planer und Zustellung"))
+    serve = add("serve", ops.run_serve, _("startet Webserver, Planer, Zustellung und Telegram-Bot"))
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help=_(
+            "Vorführung ohne Zugangsdaten: Daten unter ./data, lokale Mail-, Mastodon- und "
+            "Telegram-Server, Beispiel-Ankündigung und Demo-Konten"
+        ),
+    )
+    serve.add_argument(
+        "--port", type=_port, metavar="PORT", help=_("Port des Webservers (sonst web.port)")
+    )
     subscribers = commands.add_parser("subscribers", help=_("verwaltet Abonnent*innen"))
     sub_commands = subscribers.add_subparsers(dest="subcommand", required=True, metavar="BEFEHL")
     importer = sub_commands.add_parser(
@@ -169,6 +180,18 @@ def _positive(value: str) -> int:
     if number <= 0:
         raise argparse.ArgumentTypeError(
             _("„{value}“ ist keine positive ganze Zahl").format(value=value)
+        )
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(
+            _("„{value}“ ist kein Port (0 bis 65535)").format(value=value)
         )
     return number
 

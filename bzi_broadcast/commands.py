@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast import logs
 from bzi_broadcast.config import Settings, load_settings
 from bzi_broadcast.content import load_announcement
 from bzi_broadcast.content.model import localize
@@ -360,8 +361,20 @@ def _duration(seconds: float) -> str:
 def run_serve(args: argparse.Namespace) -> int:
     from bzi_broadcast.service import Service
 
+    settings = settings_of(args)
+    if args.demo:
+        from bzi_broadcast.demo import run_demo
+
+        run_fast(run_demo(settings, args.port))
+        return 0
+    if args.port is not None:
+        settings = settings.model_copy(
+            update={"web": settings.web.model_copy(update={"port": args.port})}
+        )
+    logs.configure(settings.logging, settings.secrets())
+
     async def main() -> None:
-        service = Service(settings_of(args))
+        service = Service(settings)
         service.install_signal_handlers()
         await service.run()
 

@@ -6,13 +6,17 @@ Every problem is reported at once, naming the setting; secrets never appear in r
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bzi_broadcast.errors import ConfigError
 from bzi_broadcast.i18n import gettext as _
@@ -40,6 +44,25 @@ class Organisation(_Section):
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///data/bzi-broadcast.sqlite3"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, url: str) -> str:
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            backend = None
+        if backend not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                _(
+                    "keine gültige Datenbank-URL (erwartet sqlite:///pfad/datei.sqlite3 oder "
+                    "postgresql://benutzer:passwort@host/datenbank)"
+                )
+            )
+        return url
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        yield "url", mask_url(self.url)
 
 
 class SmtpSettings(_Section):
@@ -76,6 +99,9 @@ class DeliverySettings(_Section):
     pause_min_samples: int = Field(default=50, ge=1)
     max_attempts: int = Field(default=12, ge=1)
     retry_base_delay: float = Field(default=30.0, gt=0)
+    shutdown_grace_seconds: float = Field(
+        default=8.0, ge=0, description="on SIGTERM: how long sends in flight may take to finish"
+    )
 
 
 class MastodonSettings(_Section):
@@ -150,6 +176,16 @@ class SecuritySettings(_Section):
     lockout_minutes: int = Field(default=5, ge=1, description="first lockout; doubles each time")
 
 
+class LoggingSettings(_Section):
+    format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
 class Settings(_Section):
     templates_dir: Path | None = None
     organisation: Organisation = Organisation()
@@ -162,37 +198,99 @@ class Settings(_Section):
     web: WebSettings = WebSettings()
     subscribers: SubscriberSettings = SubscriberSettings()
     security: SecuritySettings = SecuritySettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def secrets(self) -> list[str]:
+        """Every configured credential, for masking in logs."""
+        values = [
+            self.smtp.password,
+            self.mastodon.access_token,
+            self.telegram.token,
+            self.telegram.webhook_secret,
+            self.security.secret_key,
+        ]
+        found = [v.get_secret_value() for v in values if v is not None]
+        password = _url_password(self.database.url)
+        return [s for s in [*found, password] if s]
 
 
 RenderSettings = Settings  # the renderers read templates_dir and organisation only
 
+SECRET_WORDS = ("password", "secret", "token", "key")
+IGNORED_VARIABLES = frozenset({"BZI_LANG", "BZI_LOG_LEVEL"})
+
 
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read ``path`` (TOML, optional) and the environment; ``ConfigError`` names each problem."""
-    data = _read_toml(path) if path else {}
+    """Read ``path`` (TOML, optional) and the environment; ``ConfigError`` names each problem,
+    with the file line or the environment variable it came from."""
+    text = _read_text(path) if path else ""
+    data = _parse_toml(path, text) if path else {}
+    origins = _Origins(path, text)
     problems: list[str] = []
-    _apply_environment(data, os.environ if environ is None else environ, problems)
+    _apply_environment(data, os.environ if environ is None else environ, problems, origins)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe(e, origins) for e in exc.errors())
+    else:
+        problems.extend(_missing_credentials(settings))
     if problems:
         raise ConfigError("\n".join(problems))
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(error) for error in exc.errors())) from None
+    return settings
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(_("{path}: {reason}").format(path=path, reason=exc.strerror)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(_("{path}: keine UTF-8-Textdatei").format(path=path)) from None
+
+
+def _parse_toml(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             _("{path}: kein gültiges TOML: {reason}").format(path=path, reason=exc)
         ) from None
 
 
+class _Origins:
+    """Where each setting came from: an environment variable, or a line of the TOML file."""
+
+    def __init__(self, path: Path | None, text: str) -> None:
+        self._path = path
+        self._lines = text.splitlines()
+        self.variables: dict[tuple[str, ...], str] = {}
+
+    def of(self, loc: tuple[str, ...]) -> str | None:
+        for length in range(len(loc), 0, -1):
+            if loc[:length] in self.variables:
+                return _("aus {variable}").format(variable=self.variables[loc[:length]])
+        line = self._line(loc)
+        if line is None:
+            return None
+        return _("{path}, Zeile {line}").format(path=self._path, line=line)
+
+    def _line(self, loc: tuple[str, ...]) -> int | None:
+        """The line that sets ``loc`` (a ``[section]`` key, or a top-level key)."""
+        section, key = (loc[0], loc[1]) if len(loc) > 1 else ("", loc[0] if loc else "")
+        current = ""
+        for number, line in enumerate(self._lines, start=1):
+            header = re.match(r"\s*\[([^\[\]]+)\]", line)
+            if header:
+                current = header.group(1).strip()
+                if current == section and len(loc) == 1:
+                    return number
+            elif current == section and re.match(rf"\s*{re.escape(key)}\s*=", line):
+                return number
+        return None
+
+
 def _apply_environment(
-    data: dict[str, Any], environ: Mapping[str, str], problems: list[str]
+    data: dict[str, Any], environ: Mapping[str, str], problems: list[str], origins: _Origins
 ) -> None:
     sections = {
         name
@@ -200,7 +298,7 @@ def _apply_environment(
         if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
     }
     for variable, value in environ.items():
-        if not variable.startswith("BZI_") or variable in ("BZI_LANG", "BZI_LOG_LEVEL"):
+        if not variable.startswith("BZI_") or variable in IGNORED_VARIABLES:
             continue
         name = variable[4:].lower()
         if name.endswith("_file"):
@@ -208,8 +306,11 @@ def _apply_environment(
         section, _sep, key = name.partition("_")
         if section in sections and key:
             data.setdefault(section, {})[key] = value
+            origins.variables[(section, key)] = variable
         elif name in Settings.model_fields:
             data[name] = value
+            origins.variables[(name,)] = variable
+        # other BZI_ variables (BZI_TEST_PG_URL …) belong to tools around the service
 
 
 def _read_secret(variable: str, path: str, problems: list[str]) -> str:
@@ -224,16 +325,100 @@ def _read_secret(variable: str, path: str, problems: list[str]) -> str:
         return ""
 
 
-def _describe(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"])
+def _describe(error: Any, origins: _Origins) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    where = ".".join(loc)
+    details = []
     if error["type"] == "extra_forbidden":
-        return _("{where}: unbekannte Einstellung").format(where=where)
-    return _("{where}: {problem} (Wert: {value})").format(
-        where=where, problem=error["msg"], value=_safe_value(where, error.get("input"))
-    )
+        problem = _("unbekannte Einstellung")
+        if guess := _close_match(loc):
+            details.append(_("meinten Sie „{name}“?").format(name=guess))
+    else:
+        problem = _problem(error)
+        if error["type"] != "missing":
+            details.append(_("Wert: {value}").format(value=_safe_value(where, error.get("input"))))
+    if origin := origins.of(loc):
+        details.append(origin)
+    return f"{where}: {problem}" + (f" ({'; '.join(details)})" if details else "")
+
+
+def _problem(error: Any) -> str:
+    """Pydantic's complaint in the operator's words."""
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    simple = {
+        "int_parsing": _("keine ganze Zahl"),
+        "int_type": _("keine ganze Zahl"),
+        "int_from_float": _("keine ganze Zahl"),
+        "float_parsing": _("keine Zahl"),
+        "float_type": _("keine Zahl"),
+        "bool_parsing": _("erwartet true oder false"),
+        "bool_type": _("erwartet true oder false"),
+        "string_type": _("erwartet einen Text"),
+        "list_type": _("erwartet eine Liste"),
+        "model_type": _("erwartet einen Abschnitt (Tabelle)"),
+        "dict_type": _("erwartet einen Abschnitt (Tabelle)"),
+        "missing": _("fehlt"),
+    }
+    if kind in simple:
+        return simple[kind]
+    limits = {
+        "greater_than_equal": (_("mindestens {limit}"), "ge"),
+        "greater_than": (_("muss größer als {limit} sein"), "gt"),
+        "less_than_equal": (_("höchstens {limit}"), "le"),
+        "less_than": (_("muss kleiner als {limit} sein"), "lt"),
+        "literal_error": (_("erlaubt: {limit}"), "expected"),
+        "string_pattern_mismatch": (_("passt nicht zum Muster {limit}"), "pattern"),
+    }
+    if kind in limits:
+        text, name = limits[kind]
+        return text.format(limit=ctx.get(name))
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    return str(error["msg"])
+
+
+def _close_match(loc: tuple[str, ...]) -> str | None:
+    """The known setting an unknown one was probably meant to be."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = field.annotation
+    if not hasattr(model, "model_fields"):
+        return None
+    found = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return ".".join([*loc[:-1], found[0]]) if found else None
+
+
+def _missing_credentials(settings: Settings) -> list[str]:
+    needed = [
+        (settings.telegram.enabled, settings.telegram.token, "telegram", "token"),
+        (settings.mastodon.enabled, settings.mastodon.access_token, "mastodon", "access_token"),
+    ]
+    return [
+        _("{section}.{key}: fehlt, obwohl {section}.enabled = true (oder {variable})").format(
+            section=section, key=key, variable=f"BZI_{section}_{key}_FILE".upper()
+        )
+        for enabled, value, section, key in needed
+        if enabled and value is None
+    ]
 
 
 def _safe_value(where: str, value: Any) -> str:
-    if any(word in where for word in ("password", "secret", "token", "key")):
+    if any(word in where for word in SECRET_WORDS):
         return "***"
+    if where == "database.url" and isinstance(value, str):
+        return repr(mask_url(value))
     return repr(value)
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password (if any) replaced by ``***``."""
+    return re.sub(r"(://[^/@:\s]*:)[^/@\s]*@", r"\1***@", url)
+
+
+def _url_password(url: str) -> str | None:
+    found = re.search(r"://[^/@:\s]*:([^/@\s]*)@", url)
+    return found.group(1) if found else None

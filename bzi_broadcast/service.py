@@ -1,14 +1,17 @@
-"""``bzi-broadcast serve``: scheduler and delivery workers in one process (the web joins later).
+"""``bzi-broadcast serve``: web server, scheduler, delivery workers and Telegram bot in one process.
 
 Start: connect, migrate, restore rate-limit state, start the scheduler and one worker per channel.
-Stop (SIGTERM/SIGINT): stop claiming, finish the batch in hand or hand it back, write every
-outcome, close connections, exit 0.
+A setting that keeps the service from starting (database, port) is a ``ConfigError`` naming it.
+Stop (SIGTERM/SIGINT): stop claiming; sends in flight get ``delivery.shutdown_grace_seconds`` to
+finish, then they are cut off and their rows go back to the queue; every outcome is written,
+connections are closed, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -16,6 +19,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from aiohttp import web
@@ -30,7 +34,7 @@ from bzi_broadcast.channels.email_mime import Sender
 from bzi_broadcast.channels.mastodon import MastodonBudgets, MastodonChannel
 from bzi_broadcast.channels.smtp import SmtpServer
 from bzi_broadcast.channels.telegram import TelegramChannel, TelegramLimits
-from bzi_broadcast.config import Settings
+from bzi_broadcast.config import Settings, mask_url
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.outbox import Claimed, Outbox
 from bzi_broadcast.delivery.ratelimit import RateLimit, TokenBucket, load_bucket, save_bucket
@@ -46,11 +50,11 @@ from bzi_broadcast.delivery.release import (
 from bzi_broadcast.delivery.retry import RetryPolicy
 from bzi_broadcast.delivery.scheduler import Scheduler
 from bzi_broadcast.delivery.worker import Worker, WorkerSettings
-from bzi_broadcast.errors import BroadcastError, DeliveryError
+from bzi_broadcast.errors import BroadcastError, ConfigError, DeliveryError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import Announcements
-from bzi_broadcast.store.engine import create_engine, migrate
+from bzi_broadcast.store.engine import StoreError, create_engine, migrate
 from bzi_broadcast.store.parts import Parts
 from bzi_broadcast.subscribers import gdpr
 from bzi_broadcast.subscribers.bot import subscriber_bot
@@ -108,7 +112,7 @@ TELEGRAM_CONCURRENCY = 16  # at Telegram's ~0.1 s per call, 16 in flight carry 1
 def telegram_channel(settings: Settings, renderer: Renderer) -> TelegramChannel:
     t = settings.telegram
     if t.token is None:
-        raise BroadcastError(_("telegram.token fehlt (oder BZI_TELEGRAM_TOKEN_FILE)"))
+        raise ConfigError(_("telegram.token fehlt (oder BZI_TELEGRAM_TOKEN_FILE)"))
     # Sends in flight = connections: httpcore scans every pooled connection on each request,
     # so a pool larger than the sends that use it costs CPU for nothing (bench/telegram_fanout).
     request = HTTPXRequest(
@@ -132,7 +136,7 @@ def mastodon_channel(
 ) -> MastodonChannel:
     m = settings.mastodon
     if m.access_token is None:
-        raise BroadcastError(_("mastodon.access_token fehlt (oder BZI_MASTODON_ACCESS_TOKEN_FILE)"))
+        raise ConfigError(_("mastodon.access_token fehlt (oder BZI_MASTODON_ACCESS_TOKEN_FILE)"))
     client = Mastodon(
         access_token=m.access_token.get_secret_value(),
         api_base_url=m.base_url,
@@ -153,10 +157,33 @@ def signer(settings: Settings) -> TokenSigner:
     return TokenSigner(settings.security.secret_key.get_secret_value().encode())
 
 
+def open_engine(settings: Settings) -> AsyncEngine:
+    try:
+        return create_engine(settings.database.url)
+    except (StoreError, OSError) as exc:
+        raise _database_problem(settings, exc) from None
+
+
+def _database_problem(settings: Settings, exc: Exception) -> ConfigError:
+    reason = exc.message if isinstance(exc, BroadcastError) else (str(exc) or type(exc).__name__)
+    return ConfigError(
+        _("database.url: {reason} (Wert: {url})").format(
+            reason=reason, url=mask_url(settings.database.url)
+        )
+    )
+
+
 class Service:
-    def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine | None = None,
+        *,
+        extra_setups: Sequence[Callable[[web.Application], None]] = (),
+    ) -> None:
+        """``extra_setups`` add routes after the standard ones (the demo page)."""
         self.settings = settings
-        self.engine = engine or create_engine(settings.database.url)
+        self.engine = engine or open_engine(settings)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.announcements = Announcements(self.engine)
         lease = timedelta(seconds=settings.delivery.lease_seconds)
@@ -201,8 +228,10 @@ class Service:
                 extras={"email": self.email},
             ),
             *routes.SETUPS,
+            *extra_setups,
         )
         self.web_port: int | None = None  # the bound port, once serving (web.port may be 0)
+        self.ready = asyncio.Event()  # set once everything runs
         self.bot = subscriber_bot(settings, self.engine)  # None unless telegram.enabled and .bot
         if self.bot is not None:
             self.bot.add_routes(self.web)  # the webhook, when telegram.webhook_url is set
@@ -286,16 +315,24 @@ class Service:
         except OSError as exc:
             await self.scheduler.stop()
             await self.engine.dispose()
-            raise BroadcastError(
-                _("Webserver kann {host}:{port} nicht öffnen: {reason}").format(
-                    host=settings.host, port=settings.port, reason=exc.strerror or exc
+            setting = "web.port" if exc.errno == errno.EADDRINUSE else "web.host"
+            raise ConfigError(
+                _("{setting}: Webserver kann {host}:{port} nicht öffnen: {reason}").format(
+                    setting=setting,
+                    host=settings.host,
+                    port=settings.port,
+                    reason=exc.strerror or exc,
                 )
             ) from None
         self.web_port = site.addresses[0][1] if site.addresses else settings.port
         return site
 
     async def run(self) -> None:
-        await migrate(self.engine)
+        try:
+            await migrate(self.engine)
+        except StoreError as exc:
+            await self.engine.dispose()
+            raise _database_problem(self.settings, exc) from None
         try:
             await self.email.check()
         except DeliveryError as exc:
@@ -314,10 +351,12 @@ class Service:
             await self.bot.start()
         tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
         log.info(
-            "serving worker_id=%s database=%s",
+            "serving worker_id=%s database=%s port=%s",
             self.worker_id,
             self.engine.url.render_as_string(hide_password=True),
+            self.web_port,
         )
+        self.ready.set()
         try:
             await self._stopped.wait()
         finally:
@@ -328,14 +367,31 @@ class Service:
             for task in list(self._fan_outs.values()):
                 task.cancel()  # its chunk transaction rolls back; the next start resumes it
             await asyncio.gather(*self._fan_outs.values(), return_exceptions=True)
-            for worker in self.workers:
-                worker.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_workers(tasks)
             with contextlib.suppress(Exception):
                 await save_bucket(self.engine, self.email.bucket)
             for worker in self.workers:
                 await worker.channel.aclose()
             await self.engine.dispose()
+
+    async def _stop_workers(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop claiming; sends in flight may finish within the grace period, then are cut off.
+
+        A cut-off send may have reached its server: its row goes back to the queue and is sent
+        again (at least once; Mastodon's Idempotency-Keys make a repeated thread part harmless).
+        """
+        for worker in self.workers:
+            worker.stop()
+        grace = self.settings.delivery.shutdown_grace_seconds
+        _done, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
+        if pending:
+            log.warning(
+                "shutdown grace period over grace_seconds=%s: cutting off sends in flight",
+                grace,
+            )
+            for task in pending:
+                task.cancel()  # the worker's cleanup writes outcomes and returns its claims
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopped.set()

@@ -36,6 +36,7 @@ from bzi_broadcast.errors import (
     UnknownOutcomeError,
 )
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.metrics import record_wait
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.render.renditions import TelegramMessage, TelegramRendition
 from bzi_broadcast.store.announcements import AnnouncementRecord
@@ -76,13 +77,17 @@ class Pacer:
         self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
     async def wait(self, chat_id: int) -> None:
+        started, slept = time.monotonic(), False
         while True:
             async with self._lock:
                 now = time.monotonic()
                 ready = self._ready(chat_id, now)
                 if now >= ready:
                     self._admit(chat_id, now)
+                    if slept:
+                        record_wait("telegram", now - started)
                     return
+            slept = True
             await asyncio.sleep(ready - now)
 
     def _ready(self, chat_id: int, now: float) -> float:

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.errors import TransientError
+from bzi_broadcast.metrics import record_wait
 from bzi_broadcast.store.schema import rate_limits
 
 
@@ -57,6 +58,7 @@ class TokenBucket:
             if self._tokens < 1:
                 delay = (1 - self._tokens) / self.limit.per_second
                 self.waited += delay
+                record_wait(self.key.split(":")[0], delay)
                 await asyncio.sleep(delay)
                 self._refill()
             self._tokens -= 1

@@ -29,6 +29,7 @@ from bzi_broadcast.errors import (
     TransientError,
 )
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.metrics import SEND_SECONDS
 from bzi_broadcast.store.announcements import Announcements, utcnow
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ class Worker:
         attempts = item.attempts + 1
         try:
             prepared = await self._prepare(item.announcement_id)
-            receipt = await self.channel.send(prepared, item)
+            with SEND_SECONDS.time(channel=self.channel.name):
+                receipt = await self.channel.send(prepared, item)
         except DeliveryError as exc:
             self._add(self._failure(item, attempts, exc))
             await self._after_failure(item, exc)
