@@ -42,6 +42,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/admin/benutzer", _users)
     app.router.add_get("/admin/konto", _account)
     app.router.add_post("/admin/konto", _set_language)
+    app.router.add_post("/admin/konto/telegram", _set_telegram_chat)
 
 
 async def require(request: web.Request, role: Role = Role.EDITOR) -> User:
@@ -210,7 +211,32 @@ async def _users(request: web.Request) -> web.Response:
 
 async def _account(request: web.Request) -> web.Response:
     user = await require(request)
-    return staff_page(request, "admin_konto.html.j2", user, role_label=role_label(user.role))
+    async with context_of(request).engine.connect() as conn:
+        chat = (
+            await conn.execute(select(users.c.telegram_chat_id).where(users.c.id == user.id))
+        ).scalar()
+    return staff_page(
+        request,
+        "admin_konto.html.j2",
+        user,
+        role_label=role_label(user.role),
+        telegram_chat_id="" if chat is None else str(chat),
+    )
+
+
+async def _set_telegram_chat(request: web.Request) -> web.Response:
+    """Where the editor's „Test an mich senden“ sends the Telegram messages (empty: nowhere)."""
+    user = await require(request)
+    form = await request.post()
+    check_csrf(request, form)
+    raw = str(form.get("telegram_chat_id", "")).strip()
+    if raw and not (raw.lstrip("-").isdigit() and len(raw) <= 16):
+        raise web.HTTPBadRequest(text=_("Die Chat-ID ist eine ganze Zahl, z. B. 123456789."))
+    chat = int(raw) if raw else None
+    async with context_of(request).engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.id == user.id).values(telegram_chat_id=chat))
+        await audit(conn, user, "user.telegram_chat", {"set": chat is not None}, client_ip(request))
+    raise web.HTTPSeeOther("/admin/konto")
 
 
 async def _set_language(request: web.Request) -> web.Response:

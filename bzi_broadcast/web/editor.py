@@ -1,9 +1,494 @@
-"""The announcement editor: forms for every block, live previews, the four-eyes steps."""
+"""The announcement editor: forms for every block, live previews, the four-eyes steps.
+
+``/admin/ankuendigungen/neu`` and ``/admin/ankuendigungen/{id}`` show one form for every field of
+the content model. Without JavaScript every change of the form's shape (a block, a format, a
+partner added, removed or moved) is a submit button that renders the form again with everything
+typed kept; ``/static/admin.js`` only adds the live preview. Saving checks the content with the
+model and the version the form was loaded with: someone else's newer edit is never overwritten.
+The workflow steps are small forms of their own, each with its CSRF token and the version.
+Uploaded images are served at ``/medien/{id}`` for mail clients, Mastodon and Telegram.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
 from aiohttp import web
+from sqlalchemy import select
+
+from bzi_broadcast.content.model import LOCAL_TZ, Announcement, PartnerRole, Visibility
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
+from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import current_locale
+from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.render.filters import datetime_long, partner_role
+from bzi_broadcast.staff import media, workflow
+from bzi_broadcast.staff.accounts import Role, User
+from bzi_broadcast.staff.workflow import Draft, NotAllowed, StaleEdit, status_label
+from bzi_broadcast.store.announcements import NotFoundError, TransitionError
+from bzi_broadcast.store.schema import users
+from bzi_broadcast.web import editor_form as forms
+from bzi_broadcast.web.admin import require, staff_page
+from bzi_broadcast.web.app import CONTEXT, check_csrf, client_ip, context_of, page
+from bzi_broadcast.web.editor_form import Errors, State
+from bzi_broadcast.web.editor_preview import MastodonLimits, Preview, render
+from bzi_broadcast.web.editor_trial import TrialSender
+from bzi_broadcast.web.editor_upload import IMAGE_FIELD, Submission, read_form
+
+S = AnnouncementStatus
+LIMITS = web.AppKey("editor_limits", MastodonLimits)
+TRIAL = web.AppKey("editor_trial", TrialSender)
+BASE = "/admin/ankuendigungen"
+STEPS = ("einreichen", "freigeben", "zurueck", "planen", "abbrechen", "kopieren", "test")
+DELIVERING = (S.SENDING, S.SENT, S.PARTIALLY_FAILED)
 
 
 def setup(app: web.Application) -> None:
-    pass
+    app.cleanup_ctx.append(_services)
+    app.router.add_get(f"{BASE}/neu", _new_form)
+    app.router.add_post(f"{BASE}/neu", _new_post)
+    app.router.add_post(f"{BASE}/vorschau", _preview)
+    app.router.add_get(BASE + r"/{id:\d+}", _edit_form)
+    app.router.add_post(BASE + r"/{id:\d+}", _edit_post)
+    app.router.add_post(BASE + r"/{id:\d+}/{step:" + "|".join(STEPS) + "}", _step)
+    app.router.add_get(r"/medien/{id:\d+}", _media)
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    context = app[CONTEXT]
+    app[LIMITS] = MastodonLimits(context.settings.mastodon)
+    app[TRIAL] = TrialSender(context.settings, context.renderer, context.extras["email"])
+    yield
+    await app[TRIAL].aclose()
+
+
+# --- the form -----------------------------------------------------------------------------------
+
+
+async def _new_form(request: web.Request) -> web.Response:
+    user = await require(request)
+    state = forms.blank()
+    state["language"] = user.language if user.language in ("de", "en") else "de"
+    return await _page(request, user, state, draft=None, version=None)
+
+
+async def _edit_form(request: web.Request) -> web.Response:
+    user = await require(request)
+    draft = await _draft(request)
+    state = forms.from_announcement(draft.announcement)
+    preview = await _preview_of(request, draft.announcement, {}, state)
+    notices = [_redirect_notice(request.query.get("hinweis", ""))]
+    return await _page(
+        request,
+        user,
+        state,
+        draft=draft,
+        version=draft.version,
+        preview=preview,
+        notices=[n for n in notices if n],
+    )
+
+
+async def _new_post(request: web.Request) -> web.Response:
+    return await _posted(request, await require(request), None)
+
+
+async def _edit_post(request: web.Request) -> web.Response:
+    user = await require(request)
+    return await _posted(request, user, await _draft(request))
+
+
+async def _posted(request: web.Request, user: User, draft: Draft | None) -> web.Response:
+    """Every button of the form: change its shape, preview, or save."""
+    submission = await read_form(request)
+    check_csrf(request, submission.fields)
+    state = forms.from_post(submission.fields)
+    version = _number(submission.fields.get("version")) if draft else None
+    upload_errors = await _take_image(request, user, submission, state)
+    action = submission.fields.get("action", "preview")
+    values: dict[str, Any] = {"draft": draft, "version": version}
+    if action not in ("save", "preview"):
+        state, focus = forms.apply(state, action)
+        return await _page(request, user, state, errors=upload_errors, focus=focus, **values)
+    announcement, errors = forms.validate(state)
+    errors = _merged(errors, upload_errors)
+    if action == "preview" or errors or announcement is None:
+        preview = await _preview_of(request, announcement, errors, state)
+        status = 400 if action == "save" else 200
+        return await _page(
+            request, user, state, errors=errors, preview=preview, status=status, **values
+        )
+    return await _save(request, user, state, announcement, draft, version)
+
+
+async def _save(
+    request: web.Request,
+    user: User,
+    state: State,
+    announcement: Announcement,
+    draft: Draft | None,
+    version: int | None,
+) -> web.Response:
+    engine, ip = context_of(request).engine, client_ip(request)
+    if draft is None:
+        new_id = await workflow.create(engine, announcement, user, ip=ip)
+        raise web.HTTPSeeOther(f"{BASE}/{new_id}?hinweis=angelegt")
+    try:
+        await workflow.save(engine, draft.id, announcement, user, version=version or 0, ip=ip)
+    except (StaleEdit, TransitionError) as exc:
+        return await _page(
+            request,
+            user,
+            state,
+            draft=draft,
+            version=version,
+            notices=[Notice(text=exc.message, bad=True)],
+            stale=isinstance(exc, StaleEdit),
+            status=409,
+        )
+    outcome = "gespeichert" if draft.status == S.DRAFT else "entwurf"
+    raise web.HTTPSeeOther(f"{BASE}/{draft.id}?hinweis={outcome}")
+
+
+async def _take_image(
+    request: web.Request, user: User, submission: Submission, state: State
+) -> Errors:
+    """Store a chosen image at once, so the form keeps it even when something else is wrong."""
+    if submission.image_too_large:
+        message = _("Das Bild ist größer als {limit} MB.").format(limit=media.MAX_BYTES >> 20)
+        return {IMAGE_FIELD: [message]}
+    if submission.image is None:
+        return {}
+    context = context_of(request)
+    try:
+        stored = await media.store(context.engine, submission.image, user)
+    except media.ImageRefused as exc:
+        return {IMAGE_FIELD: [exc.message]}
+    base = context.settings.email.public_url.rstrip("/")
+    state["image-src"] = f"{base}/medien/{stored.id}"
+    state["image-width"], state["image-height"] = str(stored.width), str(stored.height)
+    return {}
+
+
+def _merged(first: Errors, second: Errors) -> Errors:
+    merged = {name: list(messages) for name, messages in first.items()}
+    for name, messages in second.items():
+        merged.setdefault(name, []).extend(messages)
+    return merged
+
+
+# --- the preview --------------------------------------------------------------------------------
+
+
+async def _preview(request: web.Request) -> web.Response:
+    """The preview fragment for what the form holds now (``admin.js`` asks while one types)."""
+    await require(request)
+    submission = await read_form(request)
+    check_csrf(request, submission.fields)
+    state = forms.from_post(submission.fields)
+    announcement, errors = forms.validate(state)
+    preview = await _preview_of(request, announcement, errors, state)
+    response = page(request, "admin_preview.html.j2", preview=preview)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def _preview_of(
+    request: web.Request, announcement: Announcement | None, errors: Errors, state: State
+) -> Preview:
+    if announcement is None or errors:
+        problems = tuple(
+            f"{forms.where(name, state)}: {message}"
+            for name, messages in errors.items()
+            for message in messages
+        )
+        return Preview(problems=problems)
+    limits, from_instance = await request.app[LIMITS].get()
+    return render(context_of(request).renderer, announcement, limits, from_instance)
+
+
+# --- the workflow steps -------------------------------------------------------------------------
+
+
+async def _step(request: web.Request) -> web.Response:
+    user = await require(request)
+    draft = await _draft(request)
+    form = await request.post()
+    check_csrf(request, form)
+    step = request.match_info["step"]
+    if step == "test":
+        return await _send_test(request, user, draft)
+    try:
+        target = await _run_step(request, user, draft, step, form)
+    except BroadcastError as exc:
+        status = 403 if isinstance(exc, NotAllowed) else 409
+        if not isinstance(exc, NotAllowed | StaleEdit | TransitionError):
+            status = 400
+        state = forms.from_announcement(draft.announcement)
+        return await _page(
+            request,
+            user,
+            state,
+            draft=draft,
+            version=draft.version,
+            notices=[Notice(text=exc.message, bad=True)],
+            status=status,
+        )
+    raise web.HTTPSeeOther(target)
+
+
+async def _run_step(request: web.Request, user: User, draft: Draft, step: str, form: Any) -> str:
+    """Do ``step``; where to go next."""
+    engine, ip = context_of(request).engine, client_ip(request)
+    version = _number(form.get("version")) or 0
+    here = f"{BASE}/{draft.id}?hinweis={step}"
+    if step == "einreichen":
+        await workflow.submit(engine, draft.id, user, version=version, ip=ip)
+    elif step == "freigeben":
+        await workflow.approve(engine, draft.id, user, version=version, ip=ip)
+    elif step == "zurueck":
+        await workflow.return_to_draft(engine, draft.id, user, version=version, ip=ip)
+    elif step == "planen":
+        at, twice = berlin_moment(str(form.get("at", "")))
+        await workflow.schedule(engine, draft.id, user, at, version=version, ip=ip)
+        return here + ("-doppelt" if twice else "")
+    elif step == "abbrechen":
+        if form.get("confirm") != "yes":
+            raise BroadcastError(_("Bitte bestätigen Sie den Abbruch mit dem Häkchen."))
+        await workflow.cancel(engine, draft.id, user, ip=ip)
+    elif step == "kopieren":
+        new_id = await workflow.duplicate(engine, draft.id, user, ip=ip)
+        return f"{BASE}/{new_id}?hinweis=kopieren"
+    return here
+
+
+def berlin_moment(text: str) -> tuple[datetime, bool]:
+    """A ``datetime-local`` value read in Europe/Berlin, in UTC; and whether the wall-clock time
+    happens twice (the night summer time ends: the first, still summer time, is taken)."""
+    try:
+        naive = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BroadcastError(_("Bitte geben Sie Datum und Uhrzeit an.")) from None
+    if naive.tzinfo is not None:
+        raise BroadcastError(_("Bitte geben Sie Datum und Uhrzeit ohne Zeitzone an."))
+    first = naive.replace(tzinfo=LOCAL_TZ, fold=0)
+    if first.astimezone(UTC).astimezone(LOCAL_TZ).replace(tzinfo=None) != naive:
+        raise BroadcastError(
+            _(
+                "{time} gibt es in Europe/Berlin nicht: In dieser Nacht wird die Uhr auf "
+                "Sommerzeit vorgestellt. Bitte wählen Sie eine andere Uhrzeit."
+            ).format(time=naive.strftime("%d.%m.%Y, %H:%M"))
+        )
+    twice = first.utcoffset() != naive.replace(tzinfo=LOCAL_TZ, fold=1).utcoffset()
+    return first.astimezone(UTC), twice
+
+
+async def _send_test(request: web.Request, user: User, draft: Draft) -> web.Response:
+    trial = request.app[TRIAL]
+    outcomes = [await trial.email(draft.announcement, user.email)]
+    chat = await _telegram_chat(request, user)
+    if chat is not None:
+        outcomes.append(await trial.telegram(draft.announcement, chat))
+    notices = [Notice(text=outcome.message, bad=not outcome.ok) for outcome in outcomes]
+    state = forms.from_announcement(draft.announcement)
+    return await _page(
+        request,
+        user,
+        state,
+        draft=draft,
+        version=draft.version,
+        notices=notices,
+        status=200 if all(o.ok for o in outcomes) else 502,
+    )
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+async def _media(request: web.Request) -> web.Response:
+    """An uploaded image, public: its id never changes what it shows, so caches may keep it."""
+    stored = await media.fetch(context_of(request).engine, int(request.match_info["id"]))
+    if stored is None:
+        raise web.HTTPNotFound(text=_("Dieses Bild gibt es nicht."))
+    etag = f'"{stored.sha256}"'
+    headers = {
+        "Cache-Control": "public, max-age=31536000, immutable",
+        "ETag": etag,
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": "inline",
+    }
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=stored.data, content_type=stored.content_type, headers=headers)
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notice:
+    text: str
+    bad: bool = False
+
+
+def _redirect_notice(code: str) -> Notice | None:
+    """The outcome of the step that redirected here (a code: no text from the URL)."""
+    texts = {
+        "angelegt": _("Der Entwurf ist angelegt."),
+        "gespeichert": _("Gespeichert."),
+        "entwurf": _(
+            "Gespeichert. Die Ankündigung ist wieder ein Entwurf: Die Freigabe galt der vorigen "
+            "Fassung. Bitte reichen Sie sie erneut zur Freigabe ein."
+        ),
+        "einreichen": _(
+            "Zur Freigabe eingereicht. Eine andere Person mit der Rolle Veröffentlichung gibt "
+            "sie frei."
+        ),
+        "freigeben": _("Freigegeben. Jetzt kann der Versand geplant werden."),
+        "zurueck": _("Zurück an die Redaktion: Die Ankündigung ist wieder ein Entwurf."),
+        "planen": _("Der Versand ist geplant."),
+        "planen-doppelt": _(
+            "Der Versand ist geplant. Die gewählte Uhrzeit gibt es in dieser Nacht zweimal "
+            "(Ende der Sommerzeit); geplant ist das erste Mal, noch in Sommerzeit (MESZ)."
+        ),
+        "abbrechen": _("Die Ankündigung ist abgebrochen; sie wird nicht (weiter) gesendet."),
+        "kopieren": _("Die Kopie ist als neuer Entwurf angelegt. Sie bearbeiten jetzt die Kopie."),
+    }
+    return Notice(text=texts[code]) if code in texts else None
+
+
+async def _page(
+    request: web.Request,
+    user: User,
+    state: State,
+    *,
+    draft: Draft | None,
+    version: int | None,
+    errors: Errors | None = None,
+    notices: list[Notice] | None = None,
+    preview: Preview | None = None,
+    focus: str | None = None,
+    stale: bool = False,
+    status: int = 200,
+) -> web.Response:
+    errors = errors or {}
+    return staff_page(
+        request,
+        "admin_editor.html.j2",
+        user,
+        status=status,
+        wide=True,
+        f=state,
+        errors=errors,
+        summary=[
+            (name, forms.where(name, state), message)
+            for name, messages in errors.items()
+            for message in messages
+        ],
+        focus=focus,
+        notices=notices or [],
+        preview=preview,
+        stale=stale,
+        version=version,
+        item=await _item(request, user, draft) if draft else None,
+        action=f"{BASE}/{draft.id}" if draft else f"{BASE}/neu",
+        editable=draft is None or draft.editable,
+        topics=_topics(request, state),
+        label=forms.label,
+        block_names={kind: _(name) for kind, name in forms.BLOCK_NAMES.items()},
+        block_types=forms.BLOCK_TYPES,
+        roles=[(str(role), partner_role(role)) for role in PartnerRole]
+        + [(forms.OTHER_ROLE, _("Andere (eigene Bezeichnung)"))],
+        visibilities=_visibilities(),
+    )
+
+
+async def _item(request: web.Request, user: User, draft: Draft) -> dict[str, Any]:
+    """The announcement's status, people and the steps this user may take now."""
+    names = await _names(request, draft)
+    status, publisher = draft.status, user.role.allows(Role.PUBLISHER)
+    own = user.id in (draft.author_id, draft.submitted_by)
+    planned = draft.publish_at or draft.announcement.publish_at
+    return {
+        "id": draft.id,
+        "title": draft.announcement.title,
+        "status": str(status),
+        "status_label": status_label(status),
+        "author": names.get(draft.author_id, ""),
+        "submitter": names.get(draft.submitted_by, ""),
+        "approver": names.get(draft.approved_by, ""),
+        "scheduled": _moment_text(draft.publish_at) if status == S.SCHEDULED else "",
+        "at": forms.local_input(planned),
+        "may_submit": status == S.DRAFT,
+        "may_approve": status == S.IN_REVIEW and publisher and not own,
+        "own_review": status == S.IN_REVIEW and publisher and own,
+        "may_return": status in (S.IN_REVIEW, S.APPROVED, S.SCHEDULED),
+        "may_schedule": status in (S.APPROVED, S.SCHEDULED) and publisher,
+        "may_cancel": status in (S.DRAFT, S.IN_REVIEW)
+        or (publisher and status in (S.APPROVED, S.SCHEDULED, S.SENDING)),
+        "resets_approval": status in (S.IN_REVIEW, S.APPROVED, S.SCHEDULED),
+        "delivering": status in DELIVERING,
+        "telegram_chat": await _telegram_chat(request, user),
+        "telegram_enabled": context_of(request).settings.telegram.enabled,
+    }
+
+
+def _moment_text(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    local = moment.astimezone(LOCAL_TZ)
+    zone = _("MESZ") if local.dst() else _("MEZ")
+    utc = moment.astimezone(UTC).strftime("%H:%M")
+    return _("{moment} {zone} ({utc} UTC)").format(moment=datetime_long(moment), zone=zone, utc=utc)
+
+
+async def _names(request: web.Request, draft: Draft) -> dict[int | None, str]:
+    people = {draft.author_id, draft.submitted_by, draft.approved_by} - {None}
+    if not people:
+        return {}
+    async with context_of(request).engine.connect() as conn:
+        rows = await conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(people)))
+        return {row.id: row.name for row in rows}
+
+
+async def _telegram_chat(request: web.Request, user: User) -> int | None:
+    async with context_of(request).engine.connect() as conn:
+        chat = await conn.execute(select(users.c.telegram_chat_id).where(users.c.id == user.id))
+        value = chat.scalar()
+    return int(value) if value is not None else None
+
+
+def _topics(request: web.Request, state: State) -> list[tuple[str, str]]:
+    """The configured topics, then any the announcement has that are no longer configured."""
+    english = current_locale() == "en"
+    configured = [
+        (topic.id, topic.en if english else topic.de)
+        for topic in context_of(request).settings.subscribers.topics
+    ]
+    known = {topic for topic, _name in configured}
+    extra = [(t, _("{topic} (nicht konfiguriert)").format(topic=t)) for t in state["topics"]]
+    return configured + [entry for entry in extra if entry[0] not in known]
+
+
+def _visibilities() -> list[tuple[str, str]]:
+    labels = {
+        Visibility.PUBLIC: _("Öffentlich"),
+        Visibility.UNLISTED: _("Nicht gelistet"),
+        Visibility.PRIVATE: _("Nur für Folgende"),
+        Visibility.DIRECT: _("Direktnachricht (nur Erwähnte)"),
+    }
+    return [(str(v), labels[v]) for v in Visibility]
+
+
+async def _draft(request: web.Request) -> Draft:
+    try:
+        return await workflow.load(context_of(request).engine, int(request.match_info["id"]))
+    except NotFoundError as exc:
+        raise web.HTTPNotFound(text=exc.message) from None
+
+
+def _number(value: object) -> int | None:
+    return int(value) if isinstance(value, str) and value.isdigit() else None
