@@ -7,12 +7,13 @@ Every problem is reported at once, naming the setting; secrets never appear in r
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy.engine import make_url
@@ -305,12 +306,26 @@ def _apply_environment(
             name, value = name[:-5], _read_secret(variable, value, problems)
         section, _sep, key = name.partition("_")
         if section in sections and key:
-            data.setdefault(section, {})[key] = value
+            data.setdefault(section, {})[key] = _list_or_text(section, key, value)
             origins.variables[(section, key)] = variable
         elif name in Settings.model_fields:
             data[name] = value
             origins.variables[(name,)] = variable
         # other BZI_ variables (BZI_TEST_PG_URL …) belong to tools around the service
+
+
+def _list_or_text(section: str, key: str, value: str) -> Any:
+    """A list setting from the environment: JSON (``[-100123, -100456]``) or comma-separated."""
+    model: Any = Settings.model_fields[section].annotation
+    field = model.model_fields.get(key)
+    if field is None or get_origin(field.annotation) is not list:
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # reported by the validation, naming the variable
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _read_secret(variable: str, path: str, problems: list[str]) -> str:

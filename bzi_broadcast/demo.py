@@ -320,24 +320,27 @@ async def _approver(engine: AsyncEngine, state: DemoState, draft: workflow.Draft
 def banner(settings: Settings, state: DemoState, port: int) -> str:
     host = settings.web.host if settings.web.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
     base = f"http://{host}:{port}"
-    accounts = "\n".join(
-        f"    {a.email:<34} {a.password}   ({a.role})" for a in reversed(state.accounts)
-    )
+    links = [
+        (_("Anmeldung für Mitarbeitende:"), f"{base}/admin/anmelden"),
+        (_("Was gesendet wurde:"), f"{base}/demo"),
+        (_("Newsletter-Anmeldung:"), f"{base}/anmelden"),
+    ]
+    width = max(len(label) for label, _url in links)
+    accounts = [f"    {a.email:<34} {a.password}   ({a.role})" for a in reversed(state.accounts)]
     return "\n".join(
         [
             "",
             _("bzi-broadcast – Demo (nichts verlässt diesen Rechner)"),
             "",
-            _("  Anmeldung für Mitarbeitende: {url}").format(url=f"{base}/admin/anmelden"),
-            _("  Was gesendet wurde:          {url}").format(url=f"{base}/demo"),
-            _("  Newsletter-Anmeldung:        {url}").format(url=f"{base}/anmelden"),
+            *(f"  {label:<{width}} {url}" for label, url in links),
             "",
-            _("  Demo-Konten (E-Mail, Passwort, Rolle; auch in {path}):").format(
+            "  "
+            + _("Demo-Konten (E-Mail, Passwort, Rolle; auch in {path}):").format(
                 path=DATA_DIR / STATE_FILE
             ),
-            accounts,
+            *accounts,
             "",
-            _("  Beenden mit Strg+C."),
+            "  " + _("Beenden mit Strg+C."),
             "",
         ]
     )

@@ -6,16 +6,25 @@ import asyncio
 import json
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast.config import Settings
+from bzi_broadcast.content import load_announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.delivery.ratelimit import (
     DailyCapReached,
@@ -26,8 +35,10 @@ from bzi_broadcast.delivery.ratelimit import (
 )
 from bzi_broadcast.delivery.retry import RetryPolicy
 from bzi_broadcast.delivery.scheduler import Scheduler
+from bzi_broadcast.service import Service
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.schema import subscriber_topics, subscribers
+from bzi_broadcast.testing.smtp import SmtpCapture
 
 from .conftest import EXAMPLE
 from .test_delivery import example_announcement, wait_until
@@ -240,35 +251,6 @@ def test_retry_policy_backs_off_with_jitter_and_honours_server_delay() -> None:
     assert policy.next_attempt(1, now, retry_after=42) == now + timedelta(seconds=42)
 
 
-def test_example_configuration_documents_every_option_with_its_default() -> None:
-    from bzi_broadcast.config import Settings, load_settings
-
-    example = Path(__file__).resolve().parents[1] / "config" / "bzi-broadcast.example.toml"
-    assert load_settings(example, {}) == Settings()
-    text = example.read_text(encoding="utf-8")
-    for section, field in Settings.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
-            assert f"[{section}]" in text
-            for key in annotation.model_fields:
-                assert f"{key} =" in text, f"{section}.{key} is not documented"
-
-
-def test_configuration_problems_name_the_setting(tmp_path: Path) -> None:
-    from bzi_broadcast.config import load_settings
-    from bzi_broadcast.errors import ConfigError
-
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[smtp]\nport = 'abc'\ncolour = 'red'\n", encoding="utf-8")
-    with pytest.raises(ConfigError) as caught:
-        load_settings(bad, {"BZI_SECURITY_SECRET_KEY_FILE": str(tmp_path / "missing")})
-    assert "BZI_SECURITY_SECRET_KEY_FILE" in caught.value.message
-    with pytest.raises(ConfigError) as caught:
-        load_settings(bad, {})
-    assert "smtp.port" in caught.value.message
-    assert "smtp.colour: unbekannte Einstellung" in caught.value.message
-
-
 def test_serve_refuses_to_start_without_a_mail_server(database_url: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bzi_broadcast", "serve"],
@@ -309,3 +291,295 @@ async def test_stop_lets_a_running_sweep_finish_instead_of_cancelling_it(
     await asyncio.wait_for(started.wait(), timeout=10)
     await scheduler.stop()
     assert finished == [True]
+
+
+# --- /metrics, logs, SIGTERM -------------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(?:,|$)')
+TELEGRAM_TOKEN = "123456:TEST-TOKEN"
+CHANNEL = -1001234
+
+
+@dataclass
+class Family:
+    kind: str
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = field(default_factory=dict)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples[(name, frozenset(labels.items()))]
+
+
+def parse_exposition(text: str) -> dict[str, Family]:
+    """The Prometheus text format 0.0.4, strictly: a family's HELP and TYPE come once, before
+    its samples; every line is a comment or a well-formed sample of a declared family."""
+    families: dict[str, Family] = {}
+    helped: set[str] = set()
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name = line.split(" ")[2]
+            assert name not in helped, f"second HELP for {name}"
+            helped.add(name)
+        elif line.startswith("# TYPE "):
+            _hash, _type, name, kind = line.split(" ")
+            assert name in helped and name not in families, line
+            assert kind in ("counter", "gauge", "histogram")
+            families[name] = Family(kind=kind)
+        else:
+            match = _SAMPLE.match(line)
+            assert match, f"not a sample line: {line!r}"
+            name, raw_labels, value = match.groups()
+            labels = _labels(raw_labels or "")
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            family = families.get(name) or families[base]
+            assert family.kind == "histogram" or name in families, line
+            family.samples[(name, frozenset(labels.items()))] = float(value)
+    return families
+
+
+def _labels(raw: str) -> dict[str, str]:
+    found = dict(_LABEL.findall(raw))
+    assert ",".join(f'{k}="{v}"' for k, v in found.items()) == raw, f"bad labels {raw!r}"
+    return found
+
+
+def check_histogram(family: Family, name: str, **labels: str) -> float:
+    """The buckets count up to +Inf, which equals _count; returns _count."""
+    buckets = sorted(
+        (float(dict(key)["le"]), value)
+        for (sample, key), value in family.samples.items()
+        if sample == f"{name}_bucket" and {k: v for k, v in key if k != "le"} == labels
+    )
+    counts = [value for _le, value in buckets]
+    assert counts == sorted(counts)
+    assert buckets[-1][0] == float("inf")
+    count = family.value(f"{name}_count", **labels)
+    assert buckets[-1][1] == count
+    assert family.value(f"{name}_sum", **labels) > 0
+    return count
+
+
+async def test_metrics_after_a_small_send(engine: AsyncEngine, database_url: str) -> None:
+    from bzi_broadcast.staff.accounts import LoginRefused, authenticate
+    from bzi_broadcast.testing.telegram import Limits, TelegramServer
+
+    from .test_delivery import serving, settings_for
+    from .test_store import add_subscribers
+
+    await add_subscribers(engine, 3)
+    with pytest.raises(LoginRefused):
+        await authenticate(engine, Settings().security, "nobody@example.org", "falsch", None)
+    api = TelegramServer(token=TELEGRAM_TOKEN, limits=Limits(per_group_per_minute=600))
+    for chat in (CHANNEL, CHANNEL - 1):
+        api.add_chat(chat, type="channel", title="Kanal")
+    http = TestServer(api.app(), host="127.0.0.1")
+    await http.start_server()
+    try:
+        async with SmtpCapture() as smtp:
+            base = settings_for(database_url, smtp.port)
+            settings = base.model_copy(
+                update={
+                    # a burst of one at 20 per second: the second mail waits for the limiter
+                    "smtp": base.smtp.model_copy(update={"rate_per_second": 20, "burst": 1}),
+                    "telegram": base.telegram.model_copy(
+                        update={
+                            "enabled": True,
+                            "token": SecretStr(TELEGRAM_TOKEN),
+                            "base_url": f"http://127.0.0.1:{http.port}/bot",
+                            "chats": [CHANNEL, CHANNEL - 1],
+                            "bot": False,
+                            "per_second": 2.0,  # the second chat waits half a second
+                            "per_group_per_minute": 600.0,
+                        }
+                    ),
+                }
+            )
+            async with serving(Service(settings)) as url, aiohttp.ClientSession() as client:
+                announcement_id = await Announcements(engine).create(
+                    load_announcement(EXAMPLE),
+                    actor="test",
+                    status=S.SCHEDULED,
+                    publish_at=datetime.now(UTC),
+                )
+                await wait_until(lambda: _has_status(engine, announcement_id, S.SENT), timeout=60)
+                async with client.get(f"{url}/metrics") as answer:
+                    assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                    metrics = parse_exposition(await answer.text())
+    finally:
+        await http.close()
+    deliveries = metrics["bzi_deliveries"]
+    assert deliveries.value("bzi_deliveries", channel="email", state="sent") == 3
+    assert deliveries.value("bzi_deliveries", channel="telegram", state="sent") == 2
+    depth = metrics["bzi_queue_depth"]
+    assert depth.value("bzi_queue_depth", channel="email") == 0
+    assert depth.value("bzi_queue_depth", channel="telegram") == 0
+    latency = metrics["bzi_send_seconds"]
+    assert latency.kind == "histogram"
+    assert check_histogram(latency, "bzi_send_seconds", channel="email") >= 3
+    assert check_histogram(latency, "bzi_send_seconds", channel="telegram") >= 2
+    waits = metrics["bzi_rate_limit_waits_total"]
+    seconds = metrics["bzi_rate_limit_wait_seconds_total"]
+    for limiter in ("smtp", "telegram"):  # three mails for a burst of one; two chats at 2/s
+        assert waits.value("bzi_rate_limit_waits_total", limiter=limiter) >= 1
+        assert seconds.value("bzi_rate_limit_wait_seconds_total", limiter=limiter) > 0
+    lag = metrics["bzi_scheduler_lag_seconds"].value("bzi_scheduler_lag_seconds")
+    assert 0 <= lag < 30
+    assert metrics["bzi_scheduler_lag_max_seconds"].value("bzi_scheduler_lag_max_seconds") >= lag
+    assert metrics["bzi_failed_logins_total"].value("bzi_failed_logins_total") == 1
+    assert metrics["bzi_failed_logins_total"].kind == "counter"
+    assert metrics["bzi_channel_paused"].value("bzi_channel_paused", channel="email") == 0
+
+
+async def _has_status(engine: AsyncEngine, announcement_id: int, status: S) -> bool:
+    return (await Announcements(engine).get(announcement_id)).status == status
+
+
+def test_exposition_escapes_label_values() -> None:
+    from bzi_broadcast.metrics import Histogram, family
+
+    lines = family("x_total", "Help\\text", "counter", [({"a": 'q"u\\o\nte'}, 2.5)])
+    histogram = Histogram("h_seconds", "H", buckets=(0.1, 1.0))
+    histogram.observe(0.5, channel="email")
+    text = "\n".join(lines + histogram.exposition()) + "\n"
+    parsed = parse_exposition(text)
+    assert parsed["x_total"].value("x_total", a='q\\"u\\\\o\\nte') == 2.5
+    assert check_histogram(parsed["h_seconds"], "h_seconds", channel="email") == 1
+    assert parsed["h_seconds"].value("h_seconds_bucket", channel="email", le="0.1") == 0
+
+
+async def test_logs_are_json_with_ids_and_never_show_a_secret(
+    engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    from bzi_broadcast.testing.mastodon import MastodonServer
+    from bzi_broadcast.testing.telegram import TelegramServer
+
+    from .test_reliability import exited, serve
+    from .test_store import add_subscribers
+
+    secrets = {
+        "smtp": "smtp-geheim-4711",
+        "mastodon": "masto-geheim-0815",
+        "telegram": "7654321:AAH-telegram-geheim-xyz",
+        "key": "signing-key-geheim-0123456789-abcdefghijklmnop",
+        "database": "db-geheim-pw",
+    }
+    if database_url.startswith("postgresql://postgres@"):  # trust: any password is accepted
+        database_url = database_url.replace("postgres@", f"postgres:{secrets['database']}@")
+    (tmp_path / "key").write_text(secrets["key"], encoding="utf-8")
+    await add_subscribers(engine, 2)
+    mastodon = MastodonServer(token="a-different-token")
+    telegram = TelegramServer(token="1111111:ANOTHER-BOT")
+    servers = [TestServer(mastodon.app(), host="127.0.0.1"), TestServer(telegram.app())]
+    for server in servers:
+        await server.start_server()
+    try:
+        async with SmtpCapture(credentials=("newsletter", secrets["smtp"])) as smtp:
+            process = serve(
+                database_url,
+                smtp.port,
+                tmp_path,
+                BZI_LOGGING_LEVEL="DEBUG",
+                BZI_SMTP_USERNAME="newsletter",
+                BZI_SMTP_PASSWORD=secrets["smtp"],
+                BZI_SECURITY_SECRET_KEY_FILE=str(tmp_path / "key"),
+                BZI_MASTODON_ENABLED="true",
+                BZI_MASTODON_BASE_URL=f"http://127.0.0.1:{servers[0].port}",
+                BZI_MASTODON_ACCESS_TOKEN=secrets["mastodon"],
+                BZI_TELEGRAM_ENABLED="true",
+                BZI_TELEGRAM_TOKEN=secrets["telegram"],
+                BZI_TELEGRAM_BASE_URL=f"http://127.0.0.1:{servers[1].port}/bot",
+                BZI_TELEGRAM_CHATS="[-100123]",
+            )
+            try:
+                announcement_id = await Announcements(engine).create(
+                    load_announcement(EXAMPLE),
+                    actor="test",
+                    status=S.SCHEDULED,
+                    publish_at=datetime.now(UTC),
+                )
+                await wait_until(lambda: _paused_both(engine), timeout=60)
+                await smtp.handler.wait_for(2)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                assert await exited(process) == 0
+    finally:
+        for server in servers:
+            await server.close()
+    log = "\n".join(p.read_text(encoding="utf-8") for p in tmp_path.glob("serve-*.log"))
+    for name, secret in secrets.items():
+        assert secret not in log, f"the {name} secret leaked into the log"
+    recorded = await _errors_and_pause_reasons(engine)  # shown on /readyz and the dashboard
+    assert "muss neu verbunden werden" in recorded
+    assert not any(secret in recorded for secret in secrets.values())
+    assert "7654321" not in log  # not even the bot id part of the token
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert entries
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    failed = [e for e in entries if e["message"].startswith("delivery failed")]
+    assert failed
+    assert {e["announcement_id"] for e in failed} == {announcement_id}
+    assert all(isinstance(e["delivery_id"], int) for e in failed)
+
+
+async def _errors_and_pause_reasons(engine: AsyncEngine) -> str:
+    from bzi_broadcast.delivery import control
+    from bzi_broadcast.store.schema import deliveries
+
+    async with engine.connect() as conn:
+        errors = (await conn.execute(select(deliveries.c.last_error))).scalars()
+        found = [str(e) for e in errors if e]
+    return "\n".join(found + list((await control.paused_channels(engine)).values()))
+
+
+async def _paused_both(engine: AsyncEngine) -> bool:
+    from bzi_broadcast.delivery import control
+
+    return {"mastodon", "telegram"} <= set(await control.paused_channels(engine))
+
+
+async def test_sigterm_finishes_or_hands_back_sends_in_flight(
+    engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    from bzi_broadcast.testing.smtp import FaultPlan
+
+    from .test_reliability import exited, serve
+    from .test_store import add_subscribers
+
+    await add_subscribers(engine, 3)
+    plan = FaultPlan(delay=120)  # the mail server takes two minutes to answer DATA
+    async with SmtpCapture(plan) as smtp:
+        announcement_id = await Announcements(engine).create(
+            example_announcement(), actor="test", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+        )
+        grace = {"BZI_DELIVERY_SHUTDOWN_GRACE_SECONDS": "1", "BZI_DELIVERY_LEASE_SECONDS": "300"}
+        process = serve(database_url, smtp.port, tmp_path, **grace)
+        await wait_until(lambda: _in_state(engine, "sending", 3), timeout=60)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert await exited(process) == 0
+        assert time.monotonic() - started < 15  # cut off after the grace period, not 2 minutes
+        await wait_until(lambda: _in_state(engine, "queued", 3), timeout=5)  # handed back
+
+        plan.delay = 1.0  # now the sends in flight finish within the grace period
+        grace["BZI_DELIVERY_SHUTDOWN_GRACE_SECONDS"] = "30"
+        process = serve(database_url, smtp.port, tmp_path, **grace)
+        await wait_until(lambda: _in_state(engine, "sending", 3), timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert await exited(process) == 0
+    assert await _in_state(engine, "sent", 3)
+    assert await _has_status(engine, announcement_id, S.SENDING) or await _has_status(
+        engine, announcement_id, S.SENT
+    )
+    log = "\n".join(p.read_text(encoding="utf-8") for p in tmp_path.glob("serve-*.log"))
+    assert "Traceback" not in log
+
+
+async def _in_state(engine: AsyncEngine, state: str, count: int) -> bool:
+    from bzi_broadcast.store.schema import deliveries
+
+    async with engine.connect() as conn:
+        found = (
+            await conn.execute(select(func.count()).where(deliveries.c.status == state))
+        ).scalar_one()
+    return int(found) == count

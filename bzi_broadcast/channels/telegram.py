@@ -223,8 +223,8 @@ def _translate(exc: TelegramError) -> DeliveryError:
         after = exc.retry_after
         seconds = after if isinstance(after, int | float) else after.total_seconds()
         return TransientError(text, retry_after=float(seconds))
-    if isinstance(exc, InvalidToken):
-        return ChannelAuthError(text)
+    if isinstance(exc, InvalidToken):  # its message quotes the token: keep that out of the rows
+        return ChannelAuthError("Telegram: " + _("Der Server hat den Bot-Token abgelehnt."))
     if isinstance(exc, Forbidden):
         return PermanentError(text, suppress_recipient=True)
     if isinstance(exc, BadRequest):
