@@ -96,25 +96,46 @@ async def erase(engine: AsyncEngine, email: str, key: bytes) -> bool:
         row = await find(conn, email)
         if row is None:
             return False
-        digest = suppression_hash(row.email, key)
-        await conn.execute(
-            update(deliveries)
-            .where(deliveries.c.subscriber_id == row.id, deliveries.c.channel == "email")
-            .values(recipient=literal("erased:").concat(cast(deliveries.c.id, String)))
-        )
-        await conn.execute(delete(subscribers).where(subscribers.c.id == row.id))
-        known = (
-            await conn.execute(
-                select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
-            )
-        ).first()
-        if known is None:
-            await conn.execute(
-                insert(suppressions).values(
-                    email_hash=digest, reason="erased", detail=None, created_at=utcnow()
-                )
-            )
+        await _erase(conn, row, key)
         return True
+
+
+async def erase_subscriber(engine: AsyncEngine, subscriber_id: int, key: bytes) -> bool:
+    """The same by id: also for someone who only uses the Telegram bot and has no address."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(select(subscribers).where(subscribers.c.id == subscriber_id))
+        ).first()
+        if row is None:
+            return False
+        await _erase(conn, row, key)
+        return True
+
+
+async def _erase(conn: AsyncConnection, row: Row[Any], key: bytes) -> None:
+    # past deliveries keep their state, not the address or chat they went to
+    await conn.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.subscriber_id == row.id, deliveries.c.channel.in_(["email", "telegram"])
+        )
+        .values(recipient=literal("erased:").concat(cast(deliveries.c.id, String)))
+    )
+    await conn.execute(delete(subscribers).where(subscribers.c.id == row.id))
+    if row.email is None:
+        return
+    digest = suppression_hash(row.email, key)
+    known = (
+        await conn.execute(
+            select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+        )
+    ).first()
+    if known is None:
+        await conn.execute(
+            insert(suppressions).values(
+                email_hash=digest, reason="erased", detail=None, created_at=utcnow()
+            )
+        )
 
 
 async def purge_unconfirmed(engine: AsyncEngine, days: int, now: datetime | None = None) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from babel.dates import format_date, format_time
 
 from bzi_broadcast.content.model import LOCAL_TZ
 from bzi_broadcast.i18n import current_locale
+from bzi_broadcast.i18n import gettext as _
 
 PAGE_SIZE = 50
 
@@ -21,6 +23,19 @@ def local_time(value: datetime | None) -> str:
         return ""
     local = value.astimezone(LOCAL_TZ)
     return f"{local_date(local.date())}, {format_time(local, 'short', locale=current_locale())}"
+
+
+def label(labels: dict[str, str], code: str) -> str:
+    """The translated label of ``code`` (marked with ``N_``), or the code itself if unknown."""
+    text = labels.get(code)
+    return _(text) if text else code
+
+
+def detail_text(detail: dict[str, Any] | None) -> str:
+    """A JSON detail of the audit or consent log as one line: „id: 5 · requeued: 2“."""
+    if not detail:
+        return ""
+    return " · ".join(f"{key}: {value}" for key, value in sorted(detail.items()))
 
 
 def mask_recipient(channel: str, recipient: str) -> str:
