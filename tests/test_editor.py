@@ -7,39 +7,47 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
+import socket
 import struct
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
+from playwright.async_api import async_playwright
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bzi_broadcast.config import Settings, Topic
+from bzi_broadcast.config import MastodonSettings, Settings, Topic
 from bzi_broadcast.content import Announcement, load_announcement
 from bzi_broadcast.content.model import Image, LinkBlock, TextBlock
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
+from bzi_broadcast.render import ThreadLimits
 from bzi_broadcast.service import Service
 from bzi_broadcast.staff import media, workflow
 from bzi_broadcast.staff.accounts import Role, add_user
 from bzi_broadcast.store.schema import announcements
+from bzi_broadcast.testing.mastodon import MastodonServer
 from bzi_broadcast.testing.smtp import SmtpCapture
 from bzi_broadcast.testing.telegram import Limits, TelegramServer
 from bzi_broadcast.web.editor import berlin_moment
+from bzi_broadcast.web.editor_preview import MastodonLimits
 
-from .conftest import EXAMPLE
+from .conftest import ARTIFACTS, EXAMPLE, require_or_skip
 from .test_admin import CSRF, PASSWORD, client, login
 from .test_delivery import serving, settings_for, wait_until
 
 TOKEN = "123456:TEST-TOKEN"
+CHROMIUM = Path("/usr/bin/chromium")
 EDITOR, PUBLISHER, OTHER = "eva@bzi.example.org", "paul@bzi.example.org", "pia@bzi.example.org"
 Fields = list[tuple[str, str]]
 
@@ -52,8 +60,19 @@ class Site:
     public_url: str
 
 
-def _settings(database_url: str, smtp_port: int, telegram_port: int) -> Settings:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _settings(
+    database_url: str, smtp_port: int, telegram_port: int, mastodon_port: int
+) -> Settings:
+    """Telegram and Mastodon on local servers; the web on a known port, so that the images'
+    public addresses (``email.public_url``) work from the browser."""
     base = settings_for(database_url, smtp_port)
+    port = free_port()
     topics = [
         Topic(id="veranstaltungen", de="Veranstaltungen", en="Events"),
         Topic(id="kommunen", de="Kommunen", en="Municipalities"),
@@ -65,10 +84,18 @@ def _settings(database_url: str, smtp_port: int, telegram_port: int) -> Settings
         "token": SecretStr(TOKEN),
         "base_url": f"http://127.0.0.1:{telegram_port}/bot",
     }
+    mastodon = {
+        "enabled": True,
+        "base_url": f"http://127.0.0.1:{mastodon_port}",
+        "access_token": SecretStr("secret"),
+    }
     return base.model_copy(
         update={
             "subscribers": base.subscribers.model_copy(update={"topics": topics}),
             "telegram": base.telegram.model_copy(update=telegram),
+            "mastodon": base.mastodon.model_copy(update=mastodon),
+            "web": base.web.model_copy(update={"port": port}),
+            "email": base.email.model_copy(update={"public_url": f"http://127.0.0.1:{port}"}),
         }
     )
 
@@ -85,13 +112,18 @@ async def site(database_url: str, engine: AsyncEngine) -> AsyncIterator[Site]:
         token=TOKEN, limits=Limits(per_second=1000, per_chat_per_second=1000), accept_private=True
     )
     http = TestServer(api.app(), host="127.0.0.1")
+    instance = TestServer(
+        MastodonServer(token="secret", max_characters=300).app(), host="127.0.0.1"
+    )
     await http.start_server()
+    await instance.start_server()
     try:
         async with SmtpCapture() as smtp:
-            settings = _settings(database_url, smtp.port, http.port or 0)
+            settings = _settings(database_url, smtp.port, http.port or 0, instance.port or 0)
             async with serving(Service(settings)) as url:
                 yield Site(url=url, smtp=smtp, telegram=api, public_url=settings.email.public_url)
     finally:
+        await instance.close()
         await http.close()
 
 
@@ -377,6 +409,7 @@ async def test_an_invalid_form_keeps_what_was_typed_and_marks_each_field(
         blocks__0__end="2025-11-01",
         blocks__2__partners__1__url="keine Adresse",
         channels__telegram__preview_url="ftp://x",
+        blocks__2__partners__0__role="other",
     )
     async with session(site, EDITOR) as http:
         status, page, _where = await post(
@@ -390,6 +423,7 @@ async def test_an_invalid_form_keeps_what_was_typed_and_marks_each_field(
         "blocks-0-end",
         "blocks-2-partners-1-url",
         "channels-telegram-preview_url",
+        "blocks-2-partners-0-role_label",  # "other" role: its own label is missing
     ):
         assert re.search(rf'id="{name}" name="{name}"[^>]*aria-invalid="true"', page), name
         assert f'<a href="#{name}">' in page  # the summary links to the field
@@ -556,10 +590,10 @@ async def test_the_preview_fragment_shows_every_channel_with_counts(site: Site) 
         assert "allow-scripts" not in fragment
         assert "Desktop (640 px)" in fragment
         assert "Smartphone (375 px)" in fragment
-        posts = re.findall(r"(\d+)/(\d+) · (\d+) von 500 Zeichen", fragment)
-        assert len(posts) > 1
-        assert all(int(length) <= 500 for _n, _total, length in posts)
-        assert "Standardgrenze: 500 Zeichen" in fragment
+        posts = re.findall(r"(\d+)/(\d+) · (\d+) von 300 Zeichen", fragment)
+        assert len(posts) > 1  # split with the instance's limit, not the default 500
+        assert all(int(length) <= 300 for _n, _total, length in posts)
+        assert "Grenze der Instanz: 300 Zeichen" in fragment
         assert re.search(r"1/1 · \d+ von 4096 UTF-16-Einheiten", fragment)
         assert '<a href="https://www.phineo.org" rel="noopener noreferrer">PHINEO gAG</a>' in (
             fragment
@@ -773,3 +807,93 @@ async def test_send_a_test_to_my_address_and_my_telegram_chat(site: Site) -> Non
     sent = site.telegram.messages_to(4242)
     assert len(sent) == 1
     assert sent[0].text.startswith("[Test] Weltoffene Kommunen")
+
+
+async def test_the_image_is_one_uploaded_here(site: Site, engine: AsyncEngine) -> None:
+    """The channels fetch the image: the form must not point them at an address typed in."""
+    fields = replaced(
+        example_fields(),
+        image__src="http://169.254.169.254/latest/meta-data",
+        image__alt="Ein Bild",
+    )
+    async with session(site, EDITOR) as http:
+        status, page, _where = await post(
+            http, "/admin/ankuendigungen/neu", with_csrf(await csrf(http), fields)
+        )
+    assert status == 400
+    assert "Bitte laden Sie das Bild hier hoch." in page
+    assert input_value(page, "image-src") == ""
+    assert await count_announcements(engine) == 0
+
+
+async def test_without_an_answering_instance_the_preview_uses_the_default_limits() -> None:
+    closed = free_port()
+    settings = MastodonSettings(enabled=True, base_url=f"http://127.0.0.1:{closed}")
+    assert await MastodonLimits(settings).get() == (ThreadLimits(), False)
+    assert await MastodonLimits(MastodonSettings(enabled=False)).get() == (ThreadLimits(), False)
+
+
+# --- in the browser ------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+async def test_the_live_preview_renders_in_chromium_under_the_sites_csp(site: Site) -> None:
+    """admin.js refreshes the preview while typing; the sandboxed email iframes render, with the
+    uploaded image, under the site's Content-Security-Policy; nothing typed runs."""
+    require_or_skip(CHROMIUM.exists() and shutil.which("chromium") is not None, "/usr/bin/chromium")
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"]
+        )
+        try:
+            context = await browser.new_context(
+                viewport={"width": 1600, "height": 1000}, locale="de-DE"
+            )
+            page = await context.new_page()
+            trouble: list[str] = []
+            page.on("pageerror", lambda error: trouble.append(str(error)))
+            page.on("dialog", lambda dialog: trouble.append(f"dialog: {dialog.message}"))
+            page.on(
+                "console",
+                lambda message: (
+                    trouble.append(message.text)
+                    if "Content Security Policy" in message.text
+                    else None
+                ),
+            )
+            await page.goto(f"{site.url}/admin/anmelden")
+            await page.get_by_label("E-Mail-Adresse").fill(EDITOR)
+            await page.get_by_label("Passwort").fill(PASSWORD)
+            await page.get_by_role("button", name="Anmelden").click()
+            await page.goto(f"{site.url}/admin/ankuendigungen/neu")
+            await page.get_by_role("button", name="Text", exact=True).click()
+            await page.locator("#title").fill("Live-Vorschau")
+            await page.locator("#blocks-0-text").fill("Erster Absatz <script>alert(1)</script>")
+
+            async def frames_show(text: str) -> bool:
+                frames = page.frames[1:]
+                bodies = [await f.evaluate("document.body.innerText") for f in frames]
+                return len(bodies) == 2 and all(text in body for body in bodies)
+
+            await wait_until(lambda: frames_show("Live-Vorschau"), timeout=15)
+            assert await frames_show("<script>alert(1)</script>")  # shown as text, not run
+            picture = ARTIFACTS / "editor-bild.png"
+            picture.write_bytes(png(300, 200))
+            await page.locator("#image-file").set_input_files(str(picture))
+            await page.locator("#image-alt").fill("Ein Rechteck in der Akzentfarbe")
+            await (
+                page.locator(".form-actions")
+                .get_by_role("button", name="Vorschau aktualisieren")
+                .click()
+            )
+            await wait_until(lambda: frames_show("Live-Vorschau"), timeout=15)
+            for frame in page.frames[1:]:
+                widths = await frame.evaluate(
+                    "Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)"
+                )
+                assert widths == [300]  # loaded inside the sandbox, under the page's CSP
+            await page.screenshot(path=str(ARTIFACTS / "editor-1600px.png"), full_page=True)
+        finally:
+            await browser.close()
+    assert trouble == []

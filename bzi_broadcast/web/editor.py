@@ -12,38 +12,40 @@ Uploaded images are served at ``/medien/{id}`` for mail clients, Mastodon and Te
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 
-from bzi_broadcast.content.model import LOCAL_TZ, Announcement, PartnerRole, Visibility
+from bzi_broadcast.content.model import LOCAL_TZ, Announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.errors import BroadcastError
-from bzi_broadcast.i18n import current_locale
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.render.filters import datetime_long, partner_role
 from bzi_broadcast.staff import media, workflow
-from bzi_broadcast.staff.accounts import Role, User
-from bzi_broadcast.staff.workflow import Draft, NotAllowed, StaleEdit, status_label
+from bzi_broadcast.staff.accounts import User
+from bzi_broadcast.staff.workflow import Draft, NotAllowed, StaleEdit
 from bzi_broadcast.store.announcements import NotFoundError, TransitionError
-from bzi_broadcast.store.schema import users
 from bzi_broadcast.web import editor_form as forms
-from bzi_broadcast.web.admin import require, staff_page
+from bzi_broadcast.web import editor_problems as problems
+from bzi_broadcast.web.admin import require
 from bzi_broadcast.web.app import CONTEXT, check_csrf, client_ip, context_of, page
-from bzi_broadcast.web.editor_form import Errors, State
+from bzi_broadcast.web.editor_form import State
+from bzi_broadcast.web.editor_page import (
+    BASE,
+    Notice,
+    editor_page,
+    redirect_notice,
+    telegram_chat,
+)
 from bzi_broadcast.web.editor_preview import MastodonLimits, Preview, render
+from bzi_broadcast.web.editor_problems import Errors
 from bzi_broadcast.web.editor_trial import TrialSender
 from bzi_broadcast.web.editor_upload import IMAGE_FIELD, Submission, read_form
 
 S = AnnouncementStatus
 LIMITS = web.AppKey("editor_limits", MastodonLimits)
 TRIAL = web.AppKey("editor_trial", TrialSender)
-BASE = "/admin/ankuendigungen"
 STEPS = ("einreichen", "freigeben", "zurueck", "planen", "abbrechen", "kopieren", "test")
-DELIVERING = (S.SENDING, S.SENT, S.PARTIALLY_FAILED)
 
 
 def setup(app: web.Application) -> None:
@@ -72,7 +74,7 @@ async def _new_form(request: web.Request) -> web.Response:
     user = await require(request)
     state = forms.blank()
     state["language"] = user.language if user.language in ("de", "en") else "de"
-    return await _page(request, user, state, draft=None, version=None)
+    return await editor_page(request, user, state, draft=None, version=None)
 
 
 async def _edit_form(request: web.Request) -> web.Response:
@@ -80,8 +82,8 @@ async def _edit_form(request: web.Request) -> web.Response:
     draft = await _draft(request)
     state = forms.from_announcement(draft.announcement)
     preview = await _preview_of(request, draft.announcement, {}, state)
-    notices = [_redirect_notice(request.query.get("hinweis", ""))]
-    return await _page(
+    notices = [redirect_notice(request.query.get("hinweis", ""))]
+    return await editor_page(
         request,
         user,
         state,
@@ -108,17 +110,18 @@ async def _posted(request: web.Request, user: User, draft: Draft | None) -> web.
     state = forms.from_post(submission.fields)
     version = _number(submission.fields.get("version")) if draft else None
     upload_errors = await _take_image(request, user, submission, state)
+    upload_errors |= _foreign_image(request, state, draft)
     action = submission.fields.get("action", "preview")
     values: dict[str, Any] = {"draft": draft, "version": version}
     if action not in ("save", "preview"):
         state, focus = forms.apply(state, action)
-        return await _page(request, user, state, errors=upload_errors, focus=focus, **values)
-    announcement, errors = forms.validate(state)
+        return await editor_page(request, user, state, errors=upload_errors, focus=focus, **values)
+    announcement, errors = problems.validate(state)
     errors = _merged(errors, upload_errors)
     if action == "preview" or errors or announcement is None:
         preview = await _preview_of(request, announcement, errors, state)
         status = 400 if action == "save" else 200
-        return await _page(
+        return await editor_page(
             request, user, state, errors=errors, preview=preview, status=status, **values
         )
     return await _save(request, user, state, announcement, draft, version)
@@ -139,7 +142,7 @@ async def _save(
     try:
         await workflow.save(engine, draft.id, announcement, user, version=version or 0, ip=ip)
     except (StaleEdit, TransitionError) as exc:
-        return await _page(
+        return await editor_page(
             request,
             user,
             state,
@@ -173,6 +176,20 @@ async def _take_image(
     return {}
 
 
+def _foreign_image(request: web.Request, state: State, draft: Draft | None) -> Errors:
+    """The image is one uploaded here, or the one the announcement already had: the channels
+    fetch it, so the form must not point them at any address someone types in."""
+    src = state["image-src"].strip()
+    own = context_of(request).settings.email.public_url.rstrip("/") + "/medien/"
+    image = draft.announcement.image if draft else None
+    if not src or (image is not None and src == image.src):
+        return {}
+    if src.startswith(own) and src[len(own) :].isdigit():
+        return {}
+    state |= {"image-src": "", "image-width": "", "image-height": ""}
+    return {IMAGE_FIELD: [_("Bitte laden Sie das Bild hier hoch.")]}
+
+
 def _merged(first: Errors, second: Errors) -> Errors:
     merged = {name: list(messages) for name, messages in first.items()}
     for name, messages in second.items():
@@ -189,7 +206,7 @@ async def _preview(request: web.Request) -> web.Response:
     submission = await read_form(request)
     check_csrf(request, submission.fields)
     state = forms.from_post(submission.fields)
-    announcement, errors = forms.validate(state)
+    announcement, errors = problems.validate(state)
     preview = await _preview_of(request, announcement, errors, state)
     response = page(request, "admin_preview.html.j2", preview=preview)
     response.headers["Cache-Control"] = "no-store"
@@ -200,12 +217,13 @@ async def _preview_of(
     request: web.Request, announcement: Announcement | None, errors: Errors, state: State
 ) -> Preview:
     if announcement is None or errors:
-        problems = tuple(
-            f"{forms.where(name, state)}: {message}"
-            for name, messages in errors.items()
-            for message in messages
+        return Preview(
+            problems=tuple(
+                f"{problems.where(name, state)}: {message}"
+                for name, messages in errors.items()
+                for message in messages
+            )
         )
-        return Preview(problems=problems)
     limits, from_instance = await request.app[LIMITS].get()
     return render(context_of(request).renderer, announcement, limits, from_instance)
 
@@ -228,7 +246,7 @@ async def _step(request: web.Request) -> web.Response:
         if not isinstance(exc, NotAllowed | StaleEdit | TransitionError):
             status = 400
         state = forms.from_announcement(draft.announcement)
-        return await _page(
+        return await editor_page(
             request,
             user,
             state,
@@ -289,12 +307,12 @@ def berlin_moment(text: str) -> tuple[datetime, bool]:
 async def _send_test(request: web.Request, user: User, draft: Draft) -> web.Response:
     trial = request.app[TRIAL]
     outcomes = [await trial.email(draft.announcement, user.email)]
-    chat = await _telegram_chat(request, user)
+    chat = await telegram_chat(request, user)
     if chat is not None:
         outcomes.append(await trial.telegram(draft.announcement, chat))
     notices = [Notice(text=outcome.message, bad=not outcome.ok) for outcome in outcomes]
     state = forms.from_announcement(draft.announcement)
-    return await _page(
+    return await editor_page(
         request,
         user,
         state,
@@ -323,164 +341,6 @@ async def _media(request: web.Request) -> web.Response:
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     return web.Response(body=stored.data, content_type=stored.content_type, headers=headers)
-
-
-# --- the page -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Notice:
-    text: str
-    bad: bool = False
-
-
-def _redirect_notice(code: str) -> Notice | None:
-    """The outcome of the step that redirected here (a code: no text from the URL)."""
-    texts = {
-        "angelegt": _("Der Entwurf ist angelegt."),
-        "gespeichert": _("Gespeichert."),
-        "entwurf": _(
-            "Gespeichert. Die Ankündigung ist wieder ein Entwurf: Die Freigabe galt der vorigen "
-            "Fassung. Bitte reichen Sie sie erneut zur Freigabe ein."
-        ),
-        "einreichen": _(
-            "Zur Freigabe eingereicht. Eine andere Person mit der Rolle Veröffentlichung gibt "
-            "sie frei."
-        ),
-        "freigeben": _("Freigegeben. Jetzt kann der Versand geplant werden."),
-        "zurueck": _("Zurück an die Redaktion: Die Ankündigung ist wieder ein Entwurf."),
-        "planen": _("Der Versand ist geplant."),
-        "planen-doppelt": _(
-            "Der Versand ist geplant. Die gewählte Uhrzeit gibt es in dieser Nacht zweimal "
-            "(Ende der Sommerzeit); geplant ist das erste Mal, noch in Sommerzeit (MESZ)."
-        ),
-        "abbrechen": _("Die Ankündigung ist abgebrochen; sie wird nicht (weiter) gesendet."),
-        "kopieren": _("Die Kopie ist als neuer Entwurf angelegt. Sie bearbeiten jetzt die Kopie."),
-    }
-    return Notice(text=texts[code]) if code in texts else None
-
-
-async def _page(
-    request: web.Request,
-    user: User,
-    state: State,
-    *,
-    draft: Draft | None,
-    version: int | None,
-    errors: Errors | None = None,
-    notices: list[Notice] | None = None,
-    preview: Preview | None = None,
-    focus: str | None = None,
-    stale: bool = False,
-    status: int = 200,
-) -> web.Response:
-    errors = errors or {}
-    return staff_page(
-        request,
-        "admin_editor.html.j2",
-        user,
-        status=status,
-        wide=True,
-        f=state,
-        errors=errors,
-        summary=[
-            (name, forms.where(name, state), message)
-            for name, messages in errors.items()
-            for message in messages
-        ],
-        focus=focus,
-        notices=notices or [],
-        preview=preview,
-        stale=stale,
-        version=version,
-        item=await _item(request, user, draft) if draft else None,
-        action=f"{BASE}/{draft.id}" if draft else f"{BASE}/neu",
-        editable=draft is None or draft.editable,
-        topics=_topics(request, state),
-        label=forms.label,
-        block_names={kind: _(name) for kind, name in forms.BLOCK_NAMES.items()},
-        block_types=forms.BLOCK_TYPES,
-        roles=[(str(role), partner_role(role)) for role in PartnerRole]
-        + [(forms.OTHER_ROLE, _("Andere (eigene Bezeichnung)"))],
-        visibilities=_visibilities(),
-    )
-
-
-async def _item(request: web.Request, user: User, draft: Draft) -> dict[str, Any]:
-    """The announcement's status, people and the steps this user may take now."""
-    names = await _names(request, draft)
-    status, publisher = draft.status, user.role.allows(Role.PUBLISHER)
-    own = user.id in (draft.author_id, draft.submitted_by)
-    planned = draft.publish_at or draft.announcement.publish_at
-    return {
-        "id": draft.id,
-        "title": draft.announcement.title,
-        "status": str(status),
-        "status_label": status_label(status),
-        "author": names.get(draft.author_id, ""),
-        "submitter": names.get(draft.submitted_by, ""),
-        "approver": names.get(draft.approved_by, ""),
-        "scheduled": _moment_text(draft.publish_at) if status == S.SCHEDULED else "",
-        "at": forms.local_input(planned),
-        "may_submit": status == S.DRAFT,
-        "may_approve": status == S.IN_REVIEW and publisher and not own,
-        "own_review": status == S.IN_REVIEW and publisher and own,
-        "may_return": status in (S.IN_REVIEW, S.APPROVED, S.SCHEDULED),
-        "may_schedule": status in (S.APPROVED, S.SCHEDULED) and publisher,
-        "may_cancel": status in (S.DRAFT, S.IN_REVIEW)
-        or (publisher and status in (S.APPROVED, S.SCHEDULED, S.SENDING)),
-        "resets_approval": status in (S.IN_REVIEW, S.APPROVED, S.SCHEDULED),
-        "delivering": status in DELIVERING,
-        "telegram_chat": await _telegram_chat(request, user),
-        "telegram_enabled": context_of(request).settings.telegram.enabled,
-    }
-
-
-def _moment_text(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    local = moment.astimezone(LOCAL_TZ)
-    zone = _("MESZ") if local.dst() else _("MEZ")
-    utc = moment.astimezone(UTC).strftime("%H:%M")
-    return _("{moment} {zone} ({utc} UTC)").format(moment=datetime_long(moment), zone=zone, utc=utc)
-
-
-async def _names(request: web.Request, draft: Draft) -> dict[int | None, str]:
-    people = {draft.author_id, draft.submitted_by, draft.approved_by} - {None}
-    if not people:
-        return {}
-    async with context_of(request).engine.connect() as conn:
-        rows = await conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(people)))
-        return {row.id: row.name for row in rows}
-
-
-async def _telegram_chat(request: web.Request, user: User) -> int | None:
-    async with context_of(request).engine.connect() as conn:
-        chat = await conn.execute(select(users.c.telegram_chat_id).where(users.c.id == user.id))
-        value = chat.scalar()
-    return int(value) if value is not None else None
-
-
-def _topics(request: web.Request, state: State) -> list[tuple[str, str]]:
-    """The configured topics, then any the announcement has that are no longer configured."""
-    english = current_locale() == "en"
-    configured = [
-        (topic.id, topic.en if english else topic.de)
-        for topic in context_of(request).settings.subscribers.topics
-    ]
-    known = {topic for topic, _name in configured}
-    extra = [(t, _("{topic} (nicht konfiguriert)").format(topic=t)) for t in state["topics"]]
-    return configured + [entry for entry in extra if entry[0] not in known]
-
-
-def _visibilities() -> list[tuple[str, str]]:
-    labels = {
-        Visibility.PUBLIC: _("Öffentlich"),
-        Visibility.UNLISTED: _("Nicht gelistet"),
-        Visibility.PRIVATE: _("Nur für Folgende"),
-        Visibility.DIRECT: _("Direktnachricht (nur Erwähnte)"),
-    }
-    return [(str(v), labels[v]) for v in Visibility]
 
 
 async def _draft(request: web.Request) -> Draft:

@@ -5,7 +5,7 @@ A form state is a dict keyed by the form's own field names (``title``, ``channel
 keys are the block's field names (``speaker``, ``start-time``) plus ``type`` and, for events and
 thanks, the lists ``formats`` and ``partners``. Its inputs are named ``blocks-0-speaker``,
 ``blocks-2-partners-1-name``. The state is rendered back exactly as typed, whatever the model makes
-of it; the model's problems are mapped back to these names.
+of it (``editor_problems`` maps the model's problems back to these names).
 """
 
 from __future__ import annotations
@@ -17,14 +17,9 @@ from typing import Any
 
 from multidict import MultiMapping
 
-from bzi_broadcast.content.loader import validate_announcement
 from bzi_broadcast.content.model import LOCAL_TZ, Announcement, Block, EventBlock
-from bzi_broadcast.errors import ContentError
-from bzi_broadcast.i18n import N_
-from bzi_broadcast.i18n import gettext as _
 
 State = dict[str, Any]
-Errors = dict[str, list[str]]
 
 BLOCK_TYPES = ("event", "quote", "thanks", "text", "link")
 BLOCK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -78,7 +73,6 @@ OTHER_ROLE = "other"
 MAX_BLOCKS = 40
 MAX_ITEMS = 40
 _SPLIT_TAGS = re.compile(r"[\s,]+")
-_PATH_PARTS = re.compile(r"[^.\[\]]+")
 _ACTION = re.compile(r"^(add|remove|up|down)(?:-(format|partner))?(?:-(\d+))?(?:-(\d+))?$")
 
 
@@ -361,162 +355,3 @@ def _partner_data(item: State) -> dict[str, Any]:
 def _optional(data: dict[str, Any], name: str, value: str) -> None:
     if value.strip():
         data[name] = value
-
-
-def validate(state: State) -> tuple[Announcement | None, Errors]:
-    """The announcement, or the problems by field name."""
-    try:
-        return validate_announcement(to_data(state)), {}
-    except ContentError as exc:
-        errors: Errors = {}
-        for problem in exc.problems:
-            name = field_of(problem.path, state)
-            errors.setdefault(name, []).append(_form_message(name, problem.message))
-        return None, errors
-
-
-def field_of(path: str, state: State) -> str:
-    """The input (or group) a model path like ``blocks[2].partners[1].name`` belongs to."""
-    parts: list[str] = _PATH_PARTS.findall(path)
-    if not parts:
-        return "expires_at"  # the one check on the whole announcement: expiry after publication
-    if parts[0] in ("topics", "hashtags"):
-        return parts[0]
-    if parts[0] == "image":
-        return "image-alt" if parts[1:] == ["alt"] else "image-file"
-    if parts[0] == "blocks" and len(parts) >= 2:
-        return _block_field(parts, state)
-    return "-".join(parts)
-
-
-def _block_field(parts: list[str], state: State) -> str:
-    prefix = f"blocks-{parts[1]}"
-    if len(parts) == 2:  # the event's own check: start and end
-        index = int(parts[1])
-        blocks = state["blocks"]
-        is_event = index < len(blocks) and blocks[index]["type"] == "event"
-        return f"{prefix}-end" if is_event else prefix
-    if parts[2] == "organisers":
-        return f"{prefix}-organisers"
-    if parts[2] == "partners" and len(parts) >= 5 and parts[4] == "role":
-        return f"{prefix}-partners-{parts[3]}-role"
-    return "-".join(parts[:5])
-
-
-_FORM_MESSAGES = {
-    N_("expires_at muss nach publish_at liegen"): N_(
-        "Der Ablauf muss nach der Veröffentlichung liegen."
-    ),
-    N_("end liegt vor start"): N_("Das Ende liegt vor dem Beginn."),
-    N_("start und end müssen beide Datum oder beide Datum mit Uhrzeit sein"): N_(
-        "Geben Sie für Beginn und Ende beide eine Uhrzeit an oder beide keine."
-    ),
-    N_("Pflichtfeld fehlt"): N_("Bitte ausfüllen."),
-    N_("ist keine gültige http(s)-Adresse"): N_(
-        "Bitte eine vollständige Adresse angeben, die mit https:// oder http:// beginnt."
-    ),
-    N_("darf nicht leer sein"): N_("Bitte ausfüllen."),
-}
-
-
-def _form_message(name: str, message: str) -> str:
-    """The model's words for a file, in the form's words where they differ."""
-    if message in (_("darf nicht leer sein"), _("Pflichtfeld fehlt")):
-        if name == "blocks":
-            return _("Fügen Sie mindestens einen Block hinzu.")
-        if name.endswith("-partners"):
-            return _("Nennen Sie mindestens einen Partner.")
-        if name == "image-alt":
-            return _(
-                "Beschreiben Sie das Bild für Menschen, die es nicht sehen können "
-                "(Alternativtext, Pflicht)."
-            )
-    for model, form in _FORM_MESSAGES.items():
-        if message == _(model):
-            return _(form)
-    return message
-
-
-# --- labels ---------------------------------------------------------------------------------------
-
-BLOCK_NAMES = {
-    "event": N_("Veranstaltung"),
-    "quote": N_("Zitat"),
-    "thanks": N_("Dank"),
-    "text": N_("Text"),
-    "link": N_("Link"),
-}
-_LABELS = {
-    "title": N_("Titel"),
-    "language": N_("Sprache"),
-    "summary": N_("Zusammenfassung"),
-    "topics": N_("Themen"),
-    "link": N_("Link „Weiterlesen“"),
-    "hashtags": N_("Hashtags"),
-    "publish_at": N_("Veröffentlichung"),
-    "expires_at": N_("Ablauf"),
-    "archive": N_("Im öffentlichen Archiv und im Feed zeigen"),
-    "translation_group": N_("Sprachfassungen verbinden (Kennung)"),
-    "channels-email-subject": N_("Betreff"),
-    "channels-email-preheader": N_("Vorschautext"),
-    "channels-mastodon-visibility": N_("Sichtbarkeit"),
-    "channels-mastodon-content_warning": N_("Inhaltswarnung"),
-    "channels-telegram-link_preview": N_("Linkvorschau zeigen"),
-    "channels-telegram-preview_url": N_("Adresse für die Linkvorschau"),
-    "channels-telegram-prefer_small_media": N_("Kleines Vorschaubild"),
-    "channels-telegram-show_above_text": N_("Vorschau über dem Text"),
-    "image-file": N_("Bild"),
-    "image-alt": N_("Alternativtext (Bildbeschreibung)"),
-    "blocks": N_("Blöcke"),
-    "event.name": N_("Name der Veranstaltung"),
-    "event.start": N_("Beginn: Datum"),
-    "event.start-time": N_("Beginn: Uhrzeit (optional)"),
-    "event.end": N_("Ende: Datum (optional)"),
-    "event.end-time": N_("Ende: Uhrzeit (optional)"),
-    "event.place": N_("Ort"),
-    "event.organisers": N_("Veranstalter (einer je Zeile)"),
-    "event.description": N_("Beschreibung (Markdown)"),
-    "event.formats": N_("Formate"),
-    "formats.kind": N_("Art (z. B. Workshop)"),
-    "formats.title": N_("Titel"),
-    "formats.led_by": N_("Leitung oder Beteiligung"),
-    "quote.speaker": N_("Name"),
-    "quote.role": N_("Funktion oder Organisation"),
-    "quote.text": N_("Zitat (Absätze durch eine Leerzeile trennen)"),
-    "thanks.intro": N_("Einleitung"),
-    "thanks.partners": N_("Partner"),
-    "thanks.closing": N_("Schlusssatz"),
-    "partners.name": N_("Name"),
-    "partners.role": N_("Rolle"),
-    "partners.role_label": N_("Eigene Bezeichnung der Rolle"),
-    "partners.url": N_("Website"),
-    "text.text": N_("Text (Markdown)"),
-    "link.label": N_("Linktext"),
-    "link.url": N_("Adresse"),
-    "link.description": N_("Beschreibung"),
-}
-
-
-def label(key: str) -> str:
-    """A field's label: ``title``, ``quote.speaker``, ``partners.url``."""
-    return _(_LABELS[key])
-
-
-def where(name: str, state: State) -> str:
-    """A field's name for the summary of problems: its label, within its block and item."""
-    parts = name.split("-", 4) if name.startswith("blocks-") else [name]
-    if len(parts) < 2 or not parts[1].isdigit():
-        return label(name) if name in _LABELS else name
-    index = int(parts[1])
-    kind = state["blocks"][index]["type"] if index < len(state["blocks"]) else "text"
-    block = _("Block {number} ({kind})").format(number=index + 1, kind=_(BLOCK_NAMES[kind]))
-    if len(parts) == 2:
-        return block
-    rest = name.split("-", 2)[2]
-    if rest.startswith(("formats-", "partners-")):
-        items, number, *field = rest.split("-", 2)
-        item = _("Eintrag {number}").format(number=int(number) + 1)
-        key = f"{items}.{field[0]}" if field else f"{kind}.{items}"
-        return f"{block}, {item}: {label(key)}" if field else f"{block}: {label(key)}"
-    key = f"{kind}.{rest}"
-    return f"{block}: {label(key)}" if key in _LABELS else block
