@@ -100,24 +100,48 @@ def _grid(top: float) -> Markup:
 
 
 def _x_labels(labels: Sequence[str]) -> Markup:
-    """The first, middle and last label: enough to read the time axis without crowding it."""
+    """The first, middle and last label: enough to read the time axis without crowding it.
+    The outer ones are anchored at their outer end, so they stay inside the picture."""
     count = len(labels)
     shown = sorted({0, count // 2, count - 1}) if count else []
     return Markup("").join(
         Markup(
-            '<text x="{x:.1f}" y="{y}" text-anchor="middle" font-size="11" fill="#5a5a55">'
+            '<text x="{x:.1f}" y="{y}" text-anchor="{anchor}" font-size="11" fill="#5a5a55">'
             "{label}</text>"
-        ).format(x=_x(index, count), y=HEIGHT - BOTTOM + 16, label=labels[index])
+        ).format(
+            x=_x(index, count),
+            y=HEIGHT - BOTTOM + 16,
+            anchor=_anchor(index, count),
+            label=labels[index],
+        )
         for index in shown
     )
 
 
+def _anchor(index: int, count: int) -> str:
+    if count < 3:
+        return "middle"
+    return "start" if index == 0 else "end" if index == count - 1 else "middle"
+
+
 def _line(values: Sequence[float], top: float, colour: str, dash: str) -> Markup:
-    points = " ".join(f"{_x(i, len(values)):.1f},{_y(v, top):.1f}" for i, v in enumerate(values))
-    return Markup(
+    """A line through the points, with a dot on each (a single point is a dot alone)."""
+    points = [(_x(i, len(values)), _y(v, top)) for i, v in enumerate(values)]
+    line = Markup(
         '<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2" '
         'stroke-dasharray="{dash}"/>'
-    ).format(points=points, colour=colour, dash=dash or "none")
+    ).format(
+        points=" ".join(f"{x:.1f},{y:.1f}" for x, y in points),
+        colour=colour,
+        dash=dash or "none",
+    )
+    dots = Markup("").join(
+        Markup('<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{colour}"/>').format(
+            x=x, y=y, r=3 if len(points) <= 60 else 1.5, colour=colour
+        )
+        for x, y in points
+    )
+    return line + dots
 
 
 def _bars(values: Sequence[float], top: float, colour: str, _dash: str) -> Markup:

@@ -16,12 +16,13 @@ from bzi_broadcast.web.app import context_of
 from bzi_broadcast.web.display import Page, detail_text, label, local_time
 
 ACTION_LABELS = {
-    "login": N_("Angemeldet"),
+    "login": N_("Im Arbeitsbereich angemeldet"),
     "login.failed": N_("Anmeldung fehlgeschlagen"),
     "login.locked": N_("Anmeldung abgewiesen (Konto gesperrt)"),
-    "logout": N_("Abgemeldet"),
+    "logout": N_("Vom Arbeitsbereich abgemeldet"),
     "user.added": N_("Benutzerkonto angelegt"),
     "user.language": N_("Sprache geändert"),
+    "user.telegram_chat": N_("Telegram-Chat für Tests geändert"),
     "api_token.created": N_("API-Token erstellt"),
     "announcement.created": N_("Ankündigung angelegt"),
     "announcement.edited": N_("Ankündigung bearbeitet"),
@@ -35,6 +36,7 @@ ACTION_LABELS = {
     "channel.paused": N_("Kanal pausiert"),
     "channel.resumed": N_("Kanal fortgesetzt"),
     "subscribers.exported": N_("Abonnent·innen exportiert"),
+    "subscribers.imported": N_("Abonnent·innen importiert"),
     "subscriber.erased": N_("Abonnent·in gelöscht"),
 }
 
