@@ -718,6 +718,7 @@ async def test_scheduling_reads_berlin_time_across_both_dst_changes(
         status, page, _where = await step(paul, announcement_id, "planen", at="2027-03-28T02:30")
         assert status == 400
         assert "28.03.2027, 02:30 gibt es in Europe/Berlin nicht" in page
+        assert 'name="at" value="2027-03-28T02:30"' in page  # what was typed stays
         assert (await workflow.load(engine, announcement_id)).status == S.APPROVED
         status, _page, location = await step(paul, announcement_id, "planen", at="2027-10-31T02:30")
         assert location.endswith("?hinweis=planen-doppelt")

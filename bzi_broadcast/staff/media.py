@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.store.announcements import utcnow
@@ -30,6 +31,11 @@ _JPEG_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
 
 class ImageRefused(BroadcastError):
     """Das ist kein Bild im Format PNG, JPEG, GIF oder WebP."""
+
+
+_DEFAULT_MESSAGES = (
+    N_("Das ist kein Bild im Format PNG, JPEG, GIF oder WebP."),
+)  # for the catalog
 
 
 @dataclass(frozen=True, kw_only=True)

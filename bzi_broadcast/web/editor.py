@@ -253,6 +253,7 @@ async def _step(request: web.Request) -> web.Response:
             draft=draft,
             version=draft.version,
             notices=[Notice(text=exc.message, bad=True)],
+            schedule_at=str(form.get("at", ""))[:40] if step == "planen" else None,
             status=status,
         )
     raise web.HTTPSeeOther(target)

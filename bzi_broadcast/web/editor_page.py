@@ -79,6 +79,7 @@ async def editor_page(
     preview: Preview | None = None,
     focus: str | None = None,
     stale: bool = False,
+    schedule_at: str | None = None,
     status: int = 200,
 ) -> web.Response:
     errors = errors or {}
@@ -100,7 +101,7 @@ async def editor_page(
         preview=preview,
         stale=stale,
         version=version,
-        item=await _item(request, user, draft) if draft else None,
+        item=await _item(request, user, draft, schedule_at) if draft else None,
         action=f"{BASE}/{draft.id}" if draft else f"{BASE}/neu",
         editable=draft is None or draft.editable,
         topics=_topics(request, state),
@@ -113,7 +114,9 @@ async def editor_page(
     )
 
 
-async def _item(request: web.Request, user: User, draft: Draft) -> dict[str, Any]:
+async def _item(
+    request: web.Request, user: User, draft: Draft, schedule_at: str | None
+) -> dict[str, Any]:
     """The announcement's status, people and the steps this user may take now."""
     names = await _names(request, draft)
     status, publisher = draft.status, user.role.allows(Role.PUBLISHER)
@@ -128,7 +131,7 @@ async def _item(request: web.Request, user: User, draft: Draft) -> dict[str, Any
         "submitter": names.get(draft.submitted_by, ""),
         "approver": names.get(draft.approved_by, ""),
         "scheduled": _moment_text(draft.publish_at) if status == S.SCHEDULED else "",
-        "at": forms.local_input(planned),
+        "at": forms.local_input(planned) if schedule_at is None else schedule_at,
         "may_submit": status == S.DRAFT,
         "may_approve": status == S.IN_REVIEW and publisher and not own,
         "own_review": status == S.IN_REVIEW and publisher and own,
