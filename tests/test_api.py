@@ -159,6 +159,9 @@ async def test_malformed_bodies_and_unknown_routes_are_problems(api: Api) -> Non
     assert (not_an_id.status, not_an_id.type) == (404, PROBLEM)
     huge_id = await api.call("GET", "/announcements/99999999999999999999999")
     assert huge_id.status == 404
+    created = await api.call("POST", "/announcements", json_body=seed())
+    padded = await api.call("GET", f"/announcements/000000000000000000000{created.body['id']}")
+    assert padded.body["id"] == created.body["id"]
     wrong_method = await api.call("DELETE", "/announcements")
     assert (wrong_method.status, wrong_method.type) == (405, PROBLEM)
     assert set(wrong_method.headers["Allow"].split(", ")) == {"GET", "POST"}
@@ -408,6 +411,16 @@ async def test_subscribers_import_list_export_erase(api: Api, engine: AsyncEngin
         headers={"Content-Type": "text/csv"},
     )
     assert again.body["imported"] == 0  # erased addresses stay suppressed
+    long_lines = "".join(f"p{i}@example.org,{'x' * 501}\n" for i in range(600))
+    large = await api.call(
+        "POST",
+        "/subscribers/import",
+        "publisher",
+        data="email,consent_source\n" + long_lines,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert large.status == 200  # 300 KB: more than other requests may carry
+    assert large.body["skipped"] == 600
     logged = await actions(engine)
     assert logged.count("subscriber.erased") == 2
     assert {"subscribers.imported", "subscribers.exported"} <= set(logged)

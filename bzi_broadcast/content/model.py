@@ -88,7 +88,13 @@ def localize(moment: datetime) -> datetime:
     if moment.tzinfo is not None:
         return moment
     aware = moment.replace(tzinfo=LOCAL_TZ)
-    if aware.astimezone(ZoneInfo("UTC")).astimezone(LOCAL_TZ).replace(tzinfo=None) != moment:
+    try:
+        round_trip = aware.astimezone(ZoneInfo("UTC")).astimezone(LOCAL_TZ)
+    except OverflowError:  # the first or last hours of the years 1 and 9999
+        raise ValueError(
+            N_("dieser Zeitpunkt liegt außerhalb des darstellbaren Bereichs")
+        ) from None
+    if round_trip.replace(tzinfo=None) != moment:
         raise ValueError(N_("diese Uhrzeit gibt es in Europe/Berlin nicht (Zeitumstellung)"))
     return aware
 

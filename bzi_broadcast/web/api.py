@@ -237,6 +237,7 @@ ROUTES: tuple[Operation, ...] = (
         summary="Erase a person by address (GDPR Art. 17)",
         role=P,
         body=EraseRequest,
+        problems=(404,),
         replies=(_ERASED,),
     ),
     Operation(

@@ -62,9 +62,10 @@ class Call:
     def id(self, name: str = "id") -> int:
         """A path id; anything that cannot be one is simply not found."""
         raw = self.request.match_info.get(name, "")
-        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw[:20]) <= MAX_ID:
+        digits = raw.lstrip("0") if raw.isascii() and raw.isdigit() else ""
+        if not digits or len(digits) > len(str(MAX_ID)) or int(digits) > MAX_ID:
             raise ApiProblem(404, _("Diese Adresse gibt es in der API nicht."))
-        return int(raw)
+        return int(digits)
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
@@ -253,6 +254,7 @@ def _dotted(path: Sequence[str | int]) -> str:
     return text
 
 
+_INVALID = N_("ungültiger Wert")
 _MESSAGES = {
     "missing": N_("Pflichtfeld fehlt"),
     "extra_forbidden": N_("unbekanntes Feld"),
@@ -277,4 +279,4 @@ def _message(error: ErrorDetails) -> str:
         )
     if kind.startswith("datetime"):
         return _("kein gültiger Zeitpunkt (RFC 3339 mit Zeitzone, z. B. 2026-05-04T10:30:00+02:00)")
-    return _(_MESSAGES.get(kind, N_("ungültiger Wert")))
+    return _(_MESSAGES.get(kind, _INVALID))
