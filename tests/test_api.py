@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.i18n import gettext, use_locale
 from bzi_broadcast.service import Service
-from bzi_broadcast.staff import accounts
+from bzi_broadcast.staff import accounts, workflow
 from bzi_broadcast.staff.accounts import Role, add_user, create_api_token, user_by_email
 from bzi_broadcast.store.announcements import utcnow
 from bzi_broadcast.store.schema import api_tokens, audit_log, subscribers
@@ -424,3 +424,17 @@ async def test_subscribers_import_list_export_erase(api: Api, engine: AsyncEngin
     logged = await actions(engine)
     assert logged.count("subscriber.erased") == 2
     assert {"subscribers.imported", "subscribers.exported"} <= set(logged)
+
+
+async def test_an_unexpected_error_is_a_problem_without_its_traceback(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("geheimes Innenleben")
+
+    monkeypatch.setattr(workflow, "load", broken)
+    answer = await api.call("GET", "/announcements/1")
+    assert (answer.status, answer.type) == (500, PROBLEM)
+    assert answer.body["detail"] == "Ein interner Fehler ist aufgetreten."
+    assert "geheimes" not in json.dumps(answer.body)
+    assert "geheimes Innenleben" in caplog.text  # logged for the operator, with the traceback
