@@ -365,7 +365,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.demo:
         from bzi_broadcast.demo import run_demo
 
-        run_fast(run_demo(settings, args.port))
+        run_fast(run_demo(settings, args.port, args.database))
         return 0
     if args.port is not None:
         settings = settings.model_copy(

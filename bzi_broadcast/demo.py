@@ -172,10 +172,12 @@ async def _serve_local(app: web.Application, runners: list[web.AppRunner]) -> in
     return int(runner.addresses[0][1])
 
 
-def demo_settings(base: Settings, servers: LocalServers, state: DemoState, port: int) -> Settings:
+def demo_settings(
+    base: Settings, servers: LocalServers, state: DemoState, port: int, database: str | None
+) -> Settings:
     """The configured settings, with every channel pointed at the local servers."""
     update = {
-        "database": base.database.model_copy(update={"url": DATABASE}),
+        "database": base.database.model_copy(update={"url": database or DATABASE}),
         "smtp": base.smtp.model_copy(
             update={"host": "127.0.0.1", "port": servers.smtp.port, "security": "none"}
             | {"username": None, "password": None}
@@ -352,15 +354,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def run_demo(base: Settings, port: int | None) -> None:
-    """Start the local servers and the service; print the banner once it serves."""
+async def run_demo(base: Settings, port: int | None, database: str | None = None) -> None:
+    """Start the local servers and the service; print the banner once it serves.
+
+    The database is ``./data/demo.sqlite3`` unless ``database`` (``--database``) names one."""
     from bzi_broadcast.service import Service  # the service imports the web app, which is big
     from bzi_broadcast.web.demo import demo_setup
 
     state = DemoState.load_or_create(DATA_DIR)
     port = free_port() if port == 0 else (port or base.web.port)
     async with local_servers() as servers:
-        settings = demo_settings(base, servers, state, port)
+        settings = demo_settings(base, servers, state, port, database)
         logs.configure(settings.logging, settings.secrets())
         service = Service(settings, extra_setups=[demo_setup(servers, state)])
         service.install_signal_handlers()

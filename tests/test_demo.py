@@ -183,3 +183,14 @@ def test_telegram_messages_are_shown_escaped_with_their_entities() -> None:
         'rel="noopener noreferrer">Link</a>'
     )
     assert "javascript" not in shown
+
+
+def test_the_demo_page_exists_only_in_demo_mode(tmp_path: Path) -> None:
+    from bzi_broadcast.service import Service
+
+    from .test_delivery import settings_for
+
+    service = Service(settings_for(f"sqlite:///{tmp_path / 'db.sqlite3'}", 25))
+    paths = {resource.canonical for resource in service.web.router.resources()}
+    assert "/metrics" in paths
+    assert not {"/demo", "/demo/senden", "/demo/stand"} & paths

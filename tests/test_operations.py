@@ -529,7 +529,8 @@ async def _errors_and_pause_reasons(engine: AsyncEngine) -> str:
     async with engine.connect() as conn:
         errors = (await conn.execute(select(deliveries.c.last_error))).scalars()
         found = [str(e) for e in errors if e]
-    return "\n".join(found + list((await control.paused_channels(engine)).values()))
+    reasons = (await control.paused_channels(engine)).values()
+    return "\n".join(found + [str(reason) for reason in reasons])
 
 
 async def _paused_both(engine: AsyncEngine) -> bool:
