@@ -315,7 +315,7 @@ async def test_previews_count_characters_per_channel(api: Api) -> None:
     assert email["subject"] == "Weltoffene Kommunen – Vom Dialog zum Zusammenhalt"
     assert "Dr. Nergiz" in email["html"]
     assert "Dr. Nergiz" in email["text"]
-    assert mastodon["max_characters"] == 500
+    assert (mastodon["max_characters"], mastodon["from_instance"]) == (500, False)
     assert len(mastodon["posts"]) > 1
     for post in mastodon["posts"]:
         assert 0 < post["length"] <= post["limit"] == 500

@@ -18,7 +18,7 @@ from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.delivery.outbox import Outbox
 from bzi_broadcast.errors import BroadcastError
-from bzi_broadcast.render import Renderer
+from bzi_broadcast.render import ThreadLimits
 from bzi_broadcast.render.social import TELEGRAM_CAPTION_LIMIT, TELEGRAM_MESSAGE_LIMIT
 from bzi_broadcast.staff import workflow
 from bzi_broadcast.staff.workflow import Draft
@@ -50,6 +50,7 @@ from bzi_broadcast.web.api_models import (
     TelegramPreview,
 )
 from bzi_broadcast.web.api_problems import ApiProblem, FieldProblem, json_response
+from bzi_broadcast.web.editor import LIMITS
 
 BASE = "/api/v1/announcements"
 
@@ -165,12 +166,12 @@ async def duplicate_announcement(call: Call) -> web.Response:
 
 async def preview_announcement(call: Call) -> web.Response:
     draft = await workflow.load(call.context.engine, call.id())
-    return _preview(call.context.renderer, draft.announcement)
+    return await _preview(call, draft.announcement)
 
 
 async def preview_unsaved(call: Call) -> web.Response:
     announcement = parse_announcement(await read_json(call.request))
-    return _preview(call.context.renderer, announcement)
+    return await _preview(call, announcement)
 
 
 async def announcement_status(call: Call) -> web.Response:
@@ -244,15 +245,20 @@ async def _people(engine: AsyncEngine, ids: set[int | None]) -> dict[int | None,
         return {row.id: Person(id=row.id, name=row.name) for row in rows}
 
 
-def _preview(renderer: Renderer, announcement: Announcement) -> web.Response:
+async def _preview(call: Call, announcement: Announcement) -> web.Response:
+    """Split for Mastodon by the instance's own limits, as the editor's preview does."""
+    renderer = call.context.renderer
+    instance = call.request.config_dict.get(LIMITS)  # the editor's, on the main app
+    limits, from_instance = await instance.get() if instance else (ThreadLimits(), False)
     email = renderer.email(announcement)
-    mastodon = renderer.mastodon(announcement)
+    mastodon = renderer.mastodon(announcement, limits)
     telegram = renderer.telegram(announcement)
     preview = Preview(
         email=EmailPreview(**email.to_json()),
         mastodon=MastodonPreview(
             max_characters=mastodon.max_characters,
             url_length=mastodon.url_length,
+            from_instance=from_instance,
             posts=[
                 MastodonPostPreview(
                     **post.to_json(),

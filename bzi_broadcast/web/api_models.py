@@ -156,6 +156,7 @@ class MastodonPostPreview(_Output):
 class MastodonPreview(_Output):
     max_characters: int
     url_length: int
+    from_instance: bool = Field(description="The limits are the instance's own, not defaults")
     posts: list[MastodonPostPreview]
 
 
