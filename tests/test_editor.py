@@ -24,7 +24,7 @@ import yaml
 from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.config import MastodonSettings, Settings, Topic
@@ -360,7 +360,7 @@ async def test_the_form_writes_every_block_type_and_reads_it_back(
         status, page, _where = await post(http, "/admin/ankuendigungen/neu", shaped)
         assert status == 200
         assert 'name="blocks-0-type" value="event"' in page
-        assert 'name="blocks-0-formats-0-kind"' in page
+        assert 'value="add-format-0"' in page  # formats are optional: none until added
         assert input_value(page, "title") == "Entwurf"  # kept while the form changed shape
 
         announcement_id = await create_example(http)
@@ -429,7 +429,7 @@ async def test_an_invalid_form_keeps_what_was_typed_and_marks_each_field(
         assert f'<a href="#{name}">' in page  # the summary links to the field
         assert f'id="{name}-fehler"' in page
     assert "Das Ende liegt vor dem Beginn." in page
-    assert "Block 3 (Dank), Eintrag 2: Website" in page
+    assert "Block 3 (Dank), Partner 2: Website" in page
     assert input_value(page, "blocks-2-partners-1-url") == "keine Adresse"
     assert input_value(page, "blocks-0-end") == "2025-11-01"
     assert "Denn all politics are local!" in textarea_value(page, "blocks-1-text")
@@ -763,6 +763,34 @@ async def test_cancel_needs_the_tick_and_anything_can_be_copied(
         copy = await workflow.load(engine, created_id(location))
     assert copy.status == S.DRAFT
     assert copy.announcement.title == expected_example().title
+
+
+async def test_a_sent_announcement_links_to_its_delivery_and_can_only_be_copied(
+    site: Site, engine: AsyncEngine
+) -> None:
+    async with session(site, EDITOR) as http:
+        announcement_id = await create_example(http)
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(announcements)
+                .where(announcements.c.id == announcement_id)
+                .values(status=str(S.SENT))
+            )
+        path = f"/admin/ankuendigungen/{announcement_id}"
+        async with http.get(path) as answer:
+            page = await answer.text()
+        assert f'href="{path}/versand"' in page
+        assert '<fieldset class="frame" disabled>' in page
+        assert f'action="{path}/kopieren"' in page
+        assert f'action="{path}/einreichen"' not in page
+        assert f'action="{path}/abbrechen"' not in page
+        fields = [*with_csrf(await csrf(http, path), example_fields()), ("version", "1")]
+        status, page, _where = await post(http, path, fields)
+        assert status == 409
+        assert "kann nicht mehr geändert werden" in page
+        async with http.get(f"{path}?lang=en") as answer:
+            assert answer.status == 200
+    assert (await workflow.load(engine, announcement_id)).status == S.SENT
 
 
 async def test_every_post_needs_the_csrf_token(site: Site, engine: AsyncEngine) -> None:

@@ -90,8 +90,10 @@ def blank() -> State:
 
 def blank_block(kind: str) -> State:
     block: State = {"type": kind, **dict.fromkeys(BLOCK_FIELDS[kind], "")}
-    if kind in ITEMS_OF:
-        block[ITEMS_OF[kind]] = [blank_item(ITEMS_OF[kind])]
+    if kind == "event":
+        block["formats"] = []  # optional: added when there are any
+    if kind == "thanks":
+        block["partners"] = [blank_item("partners")]  # at least one is needed
     return block
 
 

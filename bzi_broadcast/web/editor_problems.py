@@ -2,7 +2,7 @@
 
 The model names a problem by its path (``blocks[2].partners[1].name``) in the words of the
 announcement file; the form shows it beside its input (``blocks-2-partners-1-name``), and in the
-summary at the top with the field's label within its block (``Block 3 (Dank), Eintrag 2: Name``).
+summary at the top with the field's label within its block (``Block 3 (Dank), Partner 2: Name``).
 """
 
 from __future__ import annotations
@@ -171,6 +171,9 @@ _LABELS = {
 }
 
 
+_ITEM_NAMES = {"formats": N_("Format %(number)s"), "partners": N_("Partner %(number)s")}
+
+
 def label(key: str) -> str:
     """A field's label: ``title``, ``quote.speaker``, ``partners.url``."""
     return _(_LABELS[key])
@@ -189,7 +192,7 @@ def where(name: str, state: State) -> str:
     rest = name.split("-", 2)[2]
     if rest.startswith(("formats-", "partners-")):
         items, number, *field = rest.split("-", 2)
-        item = _("Eintrag {number}").format(number=int(number) + 1)
+        item = _(_ITEM_NAMES[items]) % {"number": int(number) + 1}
         key = f"{items}.{field[0]}" if field else f"{kind}.{items}"
         return f"{block}, {item}: {label(key)}" if field else f"{block}: {label(key)}"
     key = f"{kind}.{rest}"
