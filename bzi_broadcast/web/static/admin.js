@@ -38,7 +38,8 @@
         headers: { "X-Requested-With": "fetch" }
       })
         .then(function (answer) {
-          if (!answer.ok) {
+          if (!answer.ok || answer.redirected) {
+            // redirected: the session ended and the login page answered instead
             throw new Error(String(answer.status));
           }
           return answer.text();
