@@ -157,12 +157,13 @@ async def test_image_is_uploaded_with_alt_text_and_processed_first(
     database_url: str,
     mastodon_api: tuple[MastodonServer, str],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     api, url = mastodon_api
-    image = tmp_path / "podium.jpg"
-    image.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64)
+    monkeypatch.chdir(tmp_path)  # local images are read below the service's image directory
+    (tmp_path / "podium.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64)
     data = json.loads(load_announcement(EXAMPLE).model_dump_json())
-    data["image"] = {"src": str(image), "alt": "Podium der Regionalkonferenz in Potsdam"}
+    data["image"] = {"src": "podium.jpg", "alt": "Podium der Regionalkonferenz in Potsdam"}
     announcement = Announcement.model_validate(data)
     await run_announcement(engine, database_url, url, announcement=announcement)
     first = api.thread()[0]

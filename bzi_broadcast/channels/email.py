@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.channels.email_mime import DkimKey, MessageTemplate, Sender, sign_dkim
+from bzi_broadcast.channels.images import read_local_image
 from bzi_broadcast.channels.smtp import SmtpPool, SmtpServer
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.delivery.ratelimit import TokenBucket
@@ -106,8 +107,7 @@ class EmailChannel:
     def _inline_image(self, path: Path | None) -> bytes | None:
         if path is None:
             return None
-        root = self._settings.image_root or Path.cwd()
-        return (root / path).read_bytes()
+        return read_local_image(self._settings.image_root or Path.cwd(), path)
 
     async def check(self) -> None:
         """Fail fast at start when the mail server cannot be reached or refuses the login."""

@@ -33,6 +33,7 @@ from mastodon import (
 )
 
 from bzi_broadcast.channels.base import Receipt
+from bzi_broadcast.channels.images import read_local_image
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.errors import (
@@ -228,10 +229,7 @@ class MastodonChannel:
             except (OSError, ValueError) as exc:  # the web server may be back later
                 raise TransientError(unreadable.format(image=src, reason=exc)) from exc
         else:
-            try:
-                content = (self._image_root / src).read_bytes()
-            except OSError as exc:
-                raise PermanentError(unreadable.format(image=src, reason=exc)) from exc
+            content = read_local_image(self._image_root, src)
             mime_type = mimetypes.guess_type(src)[0] or "application/octet-stream"
         if len(content) > limit:
             raise PermanentError(

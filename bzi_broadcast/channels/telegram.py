@@ -27,6 +27,7 @@ from telegram.error import (
 )
 
 from bzi_broadcast.channels.base import Receipt
+from bzi_broadcast.channels.images import read_local_image
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.errors import (
     ChannelAuthError,
@@ -204,11 +205,7 @@ class TelegramChannel:
     def _photo(self, src: str) -> str | InputFile:
         if src.startswith(("https://", "http://")):
             return src
-        try:
-            content = (self._image_root / src).read_bytes()
-        except OSError as exc:
-            message = _("Telegram: Bild {image} nicht lesbar").format(image=src)
-            raise PermanentError(message) from exc
+        content = read_local_image(self._image_root, src)
         return InputFile(content, filename=Path(src).name)
 
     async def aclose(self) -> None:

@@ -161,31 +161,17 @@ async def erase_subscriber(call: Call) -> web.Response:
         row = await gdpr.find(conn, body.email)
     if row is None:
         raise ApiProblem(404, _("Keine Abonnentin und kein Abonnent mit dieser Adresse."))
-    return await _erase(call, row.id, row.email)
+    return await _erase(call, row.id)
 
 
 async def delete_subscriber(call: Call) -> web.Response:
-    subscriber_id = call.id()
-    async with call.context.engine.connect() as conn:
-        email = (
-            await conn.execute(select(subscribers.c.email).where(subscribers.c.id == subscriber_id))
-        ).one_or_none()
-    if email is None:
-        raise ApiProblem(404, _("Diese Person gibt es nicht."))
-    if email[0] is None:
-        raise ApiProblem(
-            409,
-            _(
-                "Diese Person nutzt nur den Telegram-Bot; dort beendet /stop das Abonnement. "
-                "Löschen über die API geht nur für Personen mit E-Mail-Adresse."
-            ),
-        )
-    return await _erase(call, subscriber_id, email[0])
+    """The same by id: also for someone who only uses the Telegram bot."""
+    return await _erase(call, call.id())
 
 
-async def _erase(call: Call, subscriber_id: int, email: str) -> web.Response:
+async def _erase(call: Call, subscriber_id: int) -> web.Response:
     engine = call.context.engine
-    if not await gdpr.erase(engine, email, _key(call)):
+    if not await gdpr.erase_subscriber(engine, subscriber_id, _key(call)):
         raise ApiProblem(404, _("Diese Person gibt es nicht."))
     async with engine.begin() as conn:
         await audit(conn, call.user, "subscriber.erased", {"id": subscriber_id}, call.ip)
