@@ -115,9 +115,13 @@ class Outbox:
         """Return claimed rows that were not attempted to the queue at once."""
         return await self._requeue(deliveries.c.id.in_(list(ids)))
 
-    async def release_mine(self) -> int:
-        """On shutdown: hand this worker's unsent claims back at once instead of at lease end."""
-        return await self._requeue(deliveries.c.worker == self._worker_id)
+    async def release_mine(self, channel: str) -> int:
+        """On shutdown: hand this worker's unsent claims of ``channel`` back at once instead of at
+        lease end. Only that channel's: the process's other workers may still be sending theirs,
+        and a row handed back mid-send is claimed and sent again by another replica."""
+        return await self._requeue(
+            and_(deliveries.c.worker == self._worker_id, deliveries.c.channel == channel)
+        )
 
     async def _requeue(self, which: ColumnElement[bool]) -> int:
         query = (

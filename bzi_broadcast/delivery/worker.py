@@ -132,7 +132,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await self.flush()
-            await self._outbox.release_mine()
+            await self._outbox.release_mine(self.channel.name)
 
     async def _idle(self) -> None:
         await self.flush()
