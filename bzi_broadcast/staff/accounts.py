@@ -69,7 +69,14 @@ class LoginRefused(BroadcastError):
 
 
 async def add_user(
-    engine: AsyncEngine, *, email: str, name: str, role: Role, password: str, language: str = "de"
+    engine: AsyncEngine,
+    *,
+    email: str,
+    name: str,
+    role: Role,
+    password: str,
+    language: str = "de",
+    actor: User | None = None,
 ) -> int:
     if len(password) < MIN_PASSWORD:
         raise BroadcastError(
@@ -90,7 +97,8 @@ async def add_user(
                 )
             )
             user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            await _audit(conn, None, "user.added", {"user_id": user_id, "role": str(role)}, None)
+            detail = {"user_id": user_id, "role": str(role)}
+            await _audit(conn, actor.id if actor else None, "user.added", detail, None)
             return user_id
     except IntegrityError:
         raise BroadcastError(
@@ -267,3 +275,77 @@ def _user(row: Any) -> User:
     return User(
         id=row.id, email=row.email, name=row.name, role=Role(row.role), language=row.language
     )
+
+
+async def change_user(
+    engine: AsyncEngine,
+    actor: User,
+    user_id: int,
+    *,
+    role: Role | None,
+    unlock: bool,
+    ip: str | None = None,
+) -> None:
+    """An admin sets a colleague's role or lifts a lockout; nobody demotes themselves (so the
+    last admin cannot lock everyone out of user management)."""
+    if role is not None and user_id == actor.id and role != actor.role:
+        raise BroadcastError(_("Die eigene Rolle kann nur eine andere Administratorin ändern."))
+    values: dict[str, Any] = {}
+    if role is not None:
+        values["role"] = str(role)
+    if unlock:
+        values |= {"failed_logins": 0, "lockouts": 0, "locked_until": None}
+    if not values:
+        return
+    async with engine.begin() as conn:
+        changed = await conn.execute(update(users).where(users.c.id == user_id).values(**values))
+        if changed.rowcount != 1:
+            raise BroadcastError(_("Dieses Konto gibt es nicht."))
+        detail = {"user_id": user_id, "role": values.get("role"), "unlocked": unlock}
+        await _audit(conn, actor.id, "user.changed", detail, ip)
+
+
+async def remove_user(
+    engine: AsyncEngine, actor: User, user_id: int, ip: str | None = None
+) -> None:
+    """Delete a colleague's account with its sessions and API tokens; the audit log keeps the
+    actions (without the name)."""
+    if user_id == actor.id:
+        raise BroadcastError(_("Das eigene Konto kann nur eine andere Administratorin löschen."))
+    async with engine.begin() as conn:
+        await conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
+        await conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id))
+        removed = await conn.execute(delete(users).where(users.c.id == user_id))
+        if removed.rowcount != 1:
+            raise BroadcastError(_("Dieses Konto gibt es nicht."))
+        await _audit(conn, actor.id, "user.removed", {"user_id": user_id}, ip)
+
+
+async def change_password(
+    engine: AsyncEngine,
+    user: User,
+    current: str,
+    new: str,
+    *,
+    keep_session: str | None,
+    ip: str | None = None,
+) -> None:
+    """Everyone sets their own password, proving the current one; other sessions end."""
+    if len(new) < MIN_PASSWORD:
+        raise BroadcastError(
+            _("Das Passwort muss mindestens {n} Zeichen lang sein.").format(n=MIN_PASSWORD)
+        )
+    async with engine.begin() as conn:
+        row = (await conn.execute(select(users).where(users.c.id == user.id))).one()
+        if not _verify(row.password_hash, current):
+            await _audit(conn, user.id, "password.refused", None, ip)
+            raise BroadcastError(_("Das bisherige Passwort stimmt nicht."))
+        await conn.execute(
+            update(users).where(users.c.id == user.id).values(password_hash=_HASHER.hash(new))
+        )
+        await conn.execute(
+            delete(sessions).where(
+                sessions.c.user_id == user.id, sessions.c.id_hash != _digest(keep_session or "")
+            )
+        )
+        await _audit(conn, user.id, "password.changed", None, ip)

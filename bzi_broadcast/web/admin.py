@@ -15,6 +15,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
+from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import LOCALES, adopt_locale
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.accounts import (
@@ -22,6 +23,7 @@ from bzi_broadcast.staff.accounts import (
     Role,
     User,
     authenticate,
+    change_password,
     end_session,
     session_user,
     start_session,
@@ -39,10 +41,10 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/admin/anmelden", _login)
     app.router.add_post("/admin/abmelden", _logout)
     app.router.add_get("/admin", _overview)
-    app.router.add_get("/admin/benutzer", _users)
     app.router.add_get("/admin/konto", _account)
     app.router.add_post("/admin/konto", _set_language)
     app.router.add_post("/admin/konto/telegram", _set_telegram_chat)
+    app.router.add_post("/admin/konto/passwort", _set_password)
 
 
 async def require(request: web.Request, role: Role = Role.EDITOR) -> User:
@@ -196,20 +198,9 @@ def _entry(row: Row[Any]) -> dict[str, Any]:
     }
 
 
-async def _users(request: web.Request) -> web.Response:
-    user = await require(request, Role.ADMIN)
-    async with context_of(request).engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(users.c.email, users.c.name, users.c.role, users.c.locked_until).order_by(
-                    users.c.email
-                )
-            )
-        ).all()
-    return staff_page(request, "admin_benutzer.html.j2", user, people=[tuple(r) for r in rows])
-
-
-async def _account(request: web.Request) -> web.Response:
+async def _account(
+    request: web.Request, *, status: int = 200, problem: str | None = None
+) -> web.Response:
     user = await require(request)
     async with context_of(request).engine.connect() as conn:
         chat = (
@@ -219,9 +210,36 @@ async def _account(request: web.Request) -> web.Response:
         request,
         "admin_konto.html.j2",
         user,
+        status=status,
         role_label=role_label(user.role),
         telegram_chat_id="" if chat is None else str(chat),
+        password_problem=problem,
+        password_changed=request.query.get("hinweis") == "passwort",
     )
+
+
+async def _set_password(request: web.Request) -> web.Response:
+    """A new password, proven by the current one; the user's other sessions end."""
+    user = await require(request)
+    form = await request.post()
+    check_csrf(request, form)
+    new = str(form.get("new", ""))[:1000]
+    if new != str(form.get("repeat", ""))[:1000]:
+        return await _account(
+            request, status=422, problem=_("Die Passwörter stimmen nicht überein.")
+        )
+    try:
+        await change_password(
+            context_of(request).engine,
+            user,
+            str(form.get("current", ""))[:1000],
+            new,
+            keep_session=request.cookies.get(SESSION_COOKIE),
+            ip=client_ip(request),
+        )
+    except BroadcastError as refused:
+        return await _account(request, status=422, problem=refused.message)
+    raise web.HTTPSeeOther("/admin/konto?hinweis=passwort")
 
 
 async def _set_telegram_chat(request: web.Request) -> web.Response:
