@@ -30,7 +30,7 @@ from bzi_broadcast.staff.accounts import (
 )
 from bzi_broadcast.staff.workflow import audit, status_label
 from bzi_broadcast.store.schema import announcements, users
-from bzi_broadcast.web.app import check_csrf, client_ip, context_of, csrf_token, page
+from bzi_broadcast.web.app import LANGUAGE, check_csrf, client_ip, context_of, csrf_token, page
 from bzi_broadcast.web.display import Page, local_time
 
 SESSION_COOKIE = "bzi_session"
@@ -57,7 +57,7 @@ async def require(request: web.Request, role: Role = Role.EDITOR) -> User:
     if user is None:
         raise web.HTTPSeeOther("/admin/anmelden")
     if "lang" not in request.query:
-        request["language"] = user.language
+        request[LANGUAGE] = user.language
         adopt_locale(user.language)
     if not user.role.allows(role):
         raise web.HTTPForbidden(text=_("Dafür fehlt Ihrer Rolle die Berechtigung."))

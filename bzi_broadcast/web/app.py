@@ -55,6 +55,7 @@ class WebContext:
 
 
 CONTEXT = web.AppKey("context", WebContext)
+LANGUAGE = web.RequestKey("language", str)  # the language this request is answered in
 STATIC_DIR = Path(__file__).parent / "static"  # vendored scripts; no CDN
 
 
@@ -75,7 +76,7 @@ def context_of(request: web.Request) -> WebContext:
 
 
 def language_of(request: web.Request) -> str:
-    return str(request.get("language", DEFAULT_LOCALE))
+    return str(request.get(LANGUAGE, DEFAULT_LOCALE))
 
 
 def client_ip(request: web.Request) -> str | None:
@@ -145,7 +146,7 @@ async def _language(request: web.Request, handler: Handler) -> web.StreamRespons
         if chosen in LOCALES
         else normalize_locale(request.cookies.get(LANGUAGE_COOKIE) or _preferred(request))
     )
-    request["language"] = language
+    request[LANGUAGE] = language
     with use_locale(language):
         response = await handler(request)
     if chosen in LOCALES:
