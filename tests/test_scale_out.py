@@ -21,7 +21,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -35,12 +35,15 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.content import load_announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
-from bzi_broadcast.delivery.outbox import Outbox
+from bzi_broadcast.delivery.lifecycle import DeliveryStatus
+from bzi_broadcast.delivery.outbox import Claimed, Outbox, Outcome
 from bzi_broadcast.delivery.release import email_fan_out, release, telegram_fan_out
+from bzi_broadcast.delivery.worker import Worker
 from bzi_broadcast.render import Renderer
-from bzi_broadcast.store.announcements import Announcements
+from bzi_broadcast.store.announcements import AnnouncementRecord, Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.store.schema import announcement_events, deliveries, subscribers
 from bzi_broadcast.testing.mastodon import MastodonServer
@@ -410,3 +413,57 @@ async def _polled_by(telegram: Frontends, process: int) -> bool:
 async def _finished(engine: AsyncEngine, announcement_id: int) -> S | None:
     status = (await Announcements(engine).get(announcement_id)).status
     return None if status in (S.SCHEDULED, S.SENDING) else status
+
+
+class _Accepting:
+    """A channel that is never asked to send here (every row is claimed already)."""
+
+    name = "email"
+    concurrency = 1
+
+    def prepare(self, record: AnnouncementRecord) -> object:
+        return record
+
+    async def send(self, prepared: object, delivery: Claimed) -> Receipt:
+        raise AssertionError("nothing is queued, so nothing is sent")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _SlowOutbox(Outbox):
+    """An outbox whose writes of outcomes take a while, so a stop can land in the middle."""
+
+    writing = asyncio.Event()
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        self.writing.set()
+        await asyncio.sleep(0.5)  # the write in progress that stopping cancels
+        await super().record(outcomes)
+
+
+async def test_outcomes_being_written_when_a_worker_stops_are_not_lost(
+    engine: AsyncEngine,
+) -> None:
+    """Found by the test above on a loaded machine: stopping cancelled the periodic flush in the
+    middle of writing a batch of outcomes; the batch was dropped, the rows it described were
+    handed back as unsent, and the other replica sent those Telegram messages again."""
+    await people(engine, 3)
+    announcement_id = await Announcements(engine).create(
+        load_announcement(EXAMPLE), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+    )
+    await release(engine, announcement_id, fan_outs={"email": email_fan_out})
+    outbox = _SlowOutbox(engine, worker_id="host-1-a", lease=timedelta(minutes=5))
+    claimed = await outbox.claim("email", 10)
+    worker = Worker(_Accepting(), outbox, Announcements(engine))
+    now = datetime.now(UTC)
+    for item in claimed:  # sent; the outcomes wait for the periodic flush
+        worker._add(Outcome(id=item.id, status=DeliveryStatus.SENT, attempts=1, at=now))
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(outbox.writing.wait(), 5)
+    worker.stop()
+    running.cancel()  # as the service does when the grace period is over
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    counts = await outbox.counts(announcement_id)
+    assert (counts["email"].sent, counts["email"].queued) == (3, 0)

@@ -262,6 +262,12 @@ class Worker:
         batch, self._pending = self._pending, []
         try:
             await self._outbox.record(batch)
+        except asyncio.CancelledError:
+            # Stopping cancels the periodic flush, maybe mid-write: keep the outcomes for the
+            # final flush (recording one twice is harmless), or the rows they describe would be
+            # handed back as unsent and another replica would send them again.
+            self._pending[:0] = batch
+            raise
         except Exception:
             # Keep the outcomes and try again with the next flush; if the process dies first,
             # the leases run out and the rows are sent again (at least once, never lost).
