@@ -289,7 +289,9 @@ async def change_user(
     """An admin sets a colleague's role or lifts a lockout; nobody demotes themselves (so the
     last admin cannot lock everyone out of user management)."""
     if role is not None and user_id == actor.id and role != actor.role:
-        raise BroadcastError(_("Die eigene Rolle kann nur eine andere Person mit der Rolle Administration ändern."))
+        raise BroadcastError(
+            _("Die eigene Rolle kann nur eine andere Person mit der Rolle Administration ändern.")
+        )
     values: dict[str, Any] = {}
     if role is not None:
         values["role"] = str(role)
@@ -311,7 +313,9 @@ async def remove_user(
     """Delete a colleague's account with its sessions and API tokens; the audit log keeps the
     actions (without the name)."""
     if user_id == actor.id:
-        raise BroadcastError(_("Das eigene Konto kann nur eine andere Person mit der Rolle Administration löschen."))
+        raise BroadcastError(
+            _("Das eigene Konto kann nur eine andere Person mit der Rolle Administration löschen.")
+        )
     async with engine.begin() as conn:
         await conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
         await conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id))

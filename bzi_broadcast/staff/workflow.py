@@ -24,9 +24,14 @@ from bzi_broadcast.delivery.outbox import cancel_undelivered
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.accounts import Role, User
-from bzi_broadcast.store.announcements import NotFoundError, TransitionError, transition, utcnow
+from bzi_broadcast.store.announcements import (
+    NotFoundError,
+    TransitionError,
+    record_event,
+    transition,
+    utcnow,
+)
 from bzi_broadcast.store.schema import (
-    announcement_events,
     announcement_topics,
     announcements,
     audit_log,
@@ -106,7 +111,7 @@ async def create(
         )
         new_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         await _set_topics(conn, new_id, announcement)
-        await _event(conn, new_id, None, S.DRAFT, user, now)
+        await record_event(conn, new_id, None, S.DRAFT, _actor(user), None, now)
         await audit(conn, user, "announcement.created", {"id": new_id}, ip)
     return new_id
 
@@ -162,7 +167,7 @@ async def save(
         )
         await _set_topics(conn, announcement_id, announcement)
         if current != S.DRAFT:
-            await _event(conn, announcement_id, current, S.DRAFT, user, now, "edited")
+            await record_event(conn, announcement_id, current, S.DRAFT, _actor(user), "edited", now)
         await audit(conn, user, "announcement.edited", {"id": announcement_id}, ip)
     return version + 1
 
@@ -337,27 +342,6 @@ async def _status(conn: AsyncConnection, announcement_id: int) -> AnnouncementSt
     if status is None:
         raise NotFoundError(_("Ankündigung {id} gibt es nicht").format(id=announcement_id))
     return AnnouncementStatus(status)
-
-
-async def _event(
-    conn: AsyncConnection,
-    announcement_id: int,
-    source: AnnouncementStatus | None,
-    target: AnnouncementStatus,
-    user: User,
-    at: datetime,
-    detail: str | None = None,
-) -> None:
-    await conn.execute(
-        insert(announcement_events).values(
-            announcement_id=announcement_id,
-            from_status=str(source) if source else None,
-            to_status=str(target),
-            actor=_actor(user),
-            detail=detail,
-            at=at,
-        )
-    )
 
 
 async def _set_topics(

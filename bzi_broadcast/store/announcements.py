@@ -87,7 +87,7 @@ class Announcements:
             topics = [{"announcement_id": new_id, "topic": t} for t in set(announcement.topics)]
             if topics:
                 await conn.execute(insert(announcement_topics), topics)
-            await _record(conn, new_id, None, status, actor, None, now)
+            await record_event(conn, new_id, None, status, actor, None, now)
         return new_id
 
     async def get(self, announcement_id: int) -> AnnouncementRecord:
@@ -189,11 +189,13 @@ async def transition(
         query = query.where(extra_condition)
     if (await conn.execute(query)).rowcount != 1:
         return False
-    await _record(conn, announcement_id, AnnouncementStatus(current), target, actor, detail, now)
+    await record_event(
+        conn, announcement_id, AnnouncementStatus(current), target, actor, detail, now
+    )
     return True
 
 
-async def _record(
+async def record_event(
     conn: AsyncConnection,
     announcement_id: int,
     source: AnnouncementStatus | None,
