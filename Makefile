@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.render
 	$(BIN)/python -m bench.email_fanout
 	$(BIN)/python -m bench.telegram_fanout
+	$(BIN)/python -m bench.preview
 
 catalogs: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -k _ -k gettext -k ngettext:1,2 \
