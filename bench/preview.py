@@ -131,8 +131,9 @@ def _block_fields(prefix: str, block: editor_form.State) -> Fields:
     fields = [(f"{prefix}type", kind)]
     fields += [(prefix + name, block[name]) for name in editor_form.BLOCK_FIELDS[kind]]
     items = editor_form.ITEMS_OF.get(kind)
-    for index, item in enumerate(block[items] if items else []):
-        assert items is not None
+    if items is None:
+        return fields
+    for index, item in enumerate(block[items]):
         names = editor_form.ITEM_FIELDS[items]
         fields += [(f"{prefix}{items}-{index}-{name}", item[name]) for name in names]
     return fields
