@@ -120,7 +120,14 @@ def configure(
     root.setLevel(settings.level)
     for name in QUIET:  # their INFO lines are per request or per job run
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("apscheduler.scheduler").addFilter(_overlapping_sweep)
     return handler
+
+
+def _overlapping_sweep(record: logging.LogRecord) -> bool:
+    """A sweep still running when the next is due skips that one by design (max_instances=1);
+    APScheduler's warning about it is noise, seen at every start while migrations run."""
+    return "maximum number of running instances reached" not in record.getMessage()
 
 
 def _wants_json(chosen: str, stream: TextIO) -> bool:
