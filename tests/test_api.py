@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
 from argon2 import PasswordHasher
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.i18n import gettext, use_locale
@@ -438,3 +439,30 @@ async def test_an_unexpected_error_is_a_problem_without_its_traceback(
     assert answer.body["detail"] == "Ein interner Fehler ist aufgetreten."
     assert "geheimes" not in json.dumps(answer.body)
     assert "geheimes Innenleben" in caplog.text  # logged for the operator, with the traceback
+
+
+async def test_someone_who_only_uses_the_bot_can_be_erased_by_id(
+    api: Api, engine: AsyncEngine
+) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            insert(subscribers).values(
+                email=None,
+                telegram_chat_id=4711,
+                language="de",
+                status="active",
+                source="bot",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        person = int(result.inserted_primary_key[0])  # type: ignore[index]
+    by_editor = await api.call("DELETE", f"/subscribers/{person}")
+    assert by_editor.status == 403
+    erased = await api.call("DELETE", f"/subscribers/{person}", "publisher")
+    assert erased.status == 204
+    again = await api.call("DELETE", f"/subscribers/{person}", "publisher")
+    assert (again.status, again.type) == (404, PROBLEM)
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(subscribers.c.id))).all() == []

@@ -244,9 +244,8 @@ ROUTES: tuple[Operation, ...] = (
         method="DELETE",
         path="/subscribers/{id}",
         handler=delete_subscriber,
-        summary="Erase a person (GDPR Art. 17)",
+        summary="Erase a person (GDPR Art. 17), also one who only uses the Telegram bot",
         role=P,
-        problems=(409,),
         replies=(_ERASED,),
     ),
 )
