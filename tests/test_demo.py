@@ -14,7 +14,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import aiohttp
 from bzi_broadcast.web.demo import telegram_markup
 
 from .test_admin import CSRF, client, login
+from .test_delivery import wait_until
 
 TITLE = "Weltoffene Kommunen – Vom Dialog zum Zusammenhalt"
 ACCOUNT = re.compile(r"^\s+(\S+@\S+)\s+(\S+)\s+\((admin|publisher|editor)\)$", re.MULTILINE)
@@ -135,7 +136,8 @@ async def test_demo_sends_the_example_to_every_local_server(tmp_path: Path) -> N
             ) as answer:
                 assert answer.status == 303
                 assert answer.headers["Location"].startswith("/demo?gesendet=")
-            page = await _wait(lambda: _arrived(http), timeout=90)
+            page = await wait_until(lambda: _arrived(http), timeout=90, interval=0.5)
+            assert page is not None
         assert "srcdoc=" in page
         assert 'sandbox="allow-popups allow-popups-to-escape-sandbox"' in page
         assert "amira.haddad@example.org" in page
@@ -153,15 +155,6 @@ async def test_demo_sends_the_example_to_every_local_server(tmp_path: Path) -> N
             page = await _page(http, "/demo")
     assert re.findall(r'bzi_announcements\{status="(\w+)"\} (\d+)', metrics) == [("sent", "1")]
     assert "Noch keine E-Mail empfangen." in page  # the local servers start empty again
-
-
-async def _wait(check: Callable[[], Awaitable[str | None]], timeout: float) -> str:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.5)
 
 
 def test_telegram_messages_are_shown_escaped_with_their_entities() -> None:

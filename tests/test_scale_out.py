@@ -434,7 +434,9 @@ class _Accepting:
 class _SlowOutbox(Outbox):
     """An outbox whose writes of outcomes take a while, so a stop can land in the middle."""
 
-    writing = asyncio.Event()
+    def __init__(self, engine: AsyncEngine, *, worker_id: str, lease: timedelta) -> None:
+        super().__init__(engine, worker_id=worker_id, lease=lease)
+        self.writing = asyncio.Event()  # one per test: an event set by another would not wait
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         self.writing.set()

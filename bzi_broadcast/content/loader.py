@@ -8,7 +8,7 @@ composer (JSON is, for the documents we accept, valid YAML).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,9 @@ def _problems(
     for location, error in located:
         by_location.setdefault(location, error)
     return [
-        Problem(path=_dotted(location), message=_message(error), line=_line(location, lines))
+        Problem(
+            path=dotted_path(location), message=error_message(error), line=_line(location, lines)
+        )
         for location, error in by_location.items()
         if not any(_is_below(other, location) for other in by_location)
     ]
@@ -193,7 +195,8 @@ def _ancestors(location: Location) -> Iterator[Location]:
         yield location[:end]
 
 
-def _dotted(location: Location) -> str:
+def dotted_path(location: Sequence[str | int]) -> str:
+    """``blocks[1].speaker``: the field path as problems name it."""
     text = ""
     for part in location:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
@@ -222,10 +225,15 @@ _MESSAGES = {
     "datetime_parsing": N_("kein gültiger Zeitpunkt (erwartet JJJJ-MM-TT HH:MM)"),
     "datetime_from_date_parsing": N_("kein gültiger Zeitpunkt (erwartet JJJJ-MM-TT HH:MM)"),
     "union_tag_not_found": N_("das Feld type fehlt"),
+    "string_pattern_mismatch": N_("enthält unzulässige Zeichen oder Werte"),
+    "greater_than_equal": N_("zu klein"),
+    "less_than_equal": N_("zu groß"),
+    "timezone_aware": N_("der Zeitpunkt braucht eine Zeitzone (z. B. +01:00)"),
 }
 
 
-def _message(error: ErrorDetails) -> str:
+def error_message(error: ErrorDetails, fallback: str | None = None) -> str:
+    """A German (or English) message for one pydantic error; ``fallback`` for unknown kinds."""
     kind = error["type"]
     ctx = error.get("ctx", {})
     if kind == "union_tag_invalid":
@@ -247,7 +255,7 @@ def _message(error: ErrorDetails) -> str:
         return _(str(ctx.get("error", error["msg"])))
     if kind in _MESSAGES:
         return _(_MESSAGES[kind])
-    return str(error["msg"])
+    return fallback or str(error["msg"])
 
 
 def _error(source: str | None, message: str) -> ContentError:

@@ -102,11 +102,16 @@ async def get_announcement(call: Call) -> web.Response:
     return await _answer(call, call.id())
 
 
-async def replace_announcement(call: Call) -> web.Response:
-    """The whole announcement anew; back to draft if it was submitted, approved or scheduled."""
+async def _versioned(call: Call, *, required: bool) -> tuple[int, int]:
+    """The id in the path and the version the caller acts on (If-Match, else the current)."""
     announcement_id = call.id()
     draft = await workflow.load(call.context.engine, announcement_id)
-    version = if_match(call.request, draft.version, required=True)
+    return announcement_id, if_match(call.request, draft.version, required=required)
+
+
+async def replace_announcement(call: Call) -> web.Response:
+    """The whole announcement anew; back to draft if it was submitted, approved or scheduled."""
+    announcement_id, version = await _versioned(call, required=True)
     announcement = parse_announcement(await read_json(call.request))
     await workflow.save(
         call.context.engine, announcement_id, announcement, call.user, version=version, ip=call.ip
@@ -115,9 +120,7 @@ async def replace_announcement(call: Call) -> web.Response:
 
 
 async def submit_announcement(call: Call) -> web.Response:
-    announcement_id = call.id()
-    draft = await workflow.load(call.context.engine, announcement_id)
-    version = if_match(call.request, draft.version, required=False)
+    announcement_id, version = await _versioned(call, required=False)
     await workflow.submit(
         call.context.engine, announcement_id, call.user, version=version, ip=call.ip
     )
@@ -126,9 +129,7 @@ async def submit_announcement(call: Call) -> web.Response:
 
 async def approve_announcement(call: Call) -> web.Response:
     """If-Match is required: an approval covers exactly the version the approver read."""
-    announcement_id = call.id()
-    draft = await workflow.load(call.context.engine, announcement_id)
-    version = if_match(call.request, draft.version, required=True)
+    announcement_id, version = await _versioned(call, required=True)
     await workflow.approve(
         call.context.engine, announcement_id, call.user, version=version, ip=call.ip
     )
@@ -136,9 +137,7 @@ async def approve_announcement(call: Call) -> web.Response:
 
 
 async def schedule_announcement(call: Call) -> web.Response:
-    announcement_id = call.id()
-    draft = await workflow.load(call.context.engine, announcement_id)
-    version = if_match(call.request, draft.version, required=False)
+    announcement_id, version = await _versioned(call, required=False)
     body = parse_body(await read_json(call.request), ScheduleRequest)
     at = utc(body.publish_at, "publish_at")
     try:

@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from bzi_broadcast.content.loader import validate_announcement
+from bzi_broadcast.content.loader import dotted_path, error_message, validate_announcement
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
@@ -104,7 +104,7 @@ def check_text(data: Any) -> None:
         FieldProblem(
             detail=_("enthält Steuerzeichen oder ungültige Zeichen"),
             pointer=_pointer(path),
-            field=_dotted(path) or None,
+            field=dotted_path(path) or None,
         )
         for path in _bad_strings(data)
     ]
@@ -148,7 +148,7 @@ def parse_body(data: Any, model: type[M]) -> M:
             FieldProblem(
                 detail=_message(error),
                 pointer=_pointer(tuple(error["loc"])),
-                field=_dotted(tuple(error["loc"])) or None,
+                field=dotted_path(tuple(error["loc"])) or None,
             )
             for error in exc.errors()
         ]
@@ -176,7 +176,7 @@ def _local_image(announcement: Announcement) -> list[FieldProblem]:
 def _outside_utc(announcement: Announcement) -> list[FieldProblem]:
     detail = _("dieser Zeitpunkt liegt außerhalb des darstellbaren Bereichs")
     return [
-        FieldProblem(detail=detail, pointer=_pointer(path), field=_dotted(path))
+        FieldProblem(detail=detail, pointer=_pointer(path), field=dotted_path(path))
         for path, moment in _datetimes(announcement, ())
         if not _fits_utc(moment)
     ]
@@ -247,36 +247,11 @@ def _pointer(path: Sequence[str | int]) -> str:
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
 
 
-def _dotted(path: Sequence[str | int]) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
 _INVALID = N_("ungültiger Wert")
-_MESSAGES = {
-    "missing": N_("Pflichtfeld fehlt"),
-    "extra_forbidden": N_("unbekanntes Feld"),
-    "string_type": N_("erwartet wird Text"),
-    "int_type": N_("erwartet wird eine ganze Zahl"),
-    "int_parsing": N_("erwartet wird eine ganze Zahl"),
-    "string_too_short": N_("zu kurz"),
-    "string_pattern_mismatch": N_("enthält unzulässige Zeichen oder Werte"),
-    "greater_than_equal": N_("zu klein"),
-    "less_than_equal": N_("zu groß"),
-    "enum": N_("unbekannter Wert"),
-    "model_type": N_("erwartet wird ein Objekt mit Feldern"),
-    "timezone_aware": N_("der Zeitpunkt braucht eine Zeitzone (z. B. +01:00)"),
-}
 
 
 def _message(error: ErrorDetails) -> str:
-    kind = error["type"]
-    if kind == "string_too_long":
-        return _("zu lang (höchstens {max} Zeichen)").format(
-            max=error.get("ctx", {}).get("max_length")
-        )
-    if kind.startswith("datetime"):
+    """The announcement files' messages; times in requests are RFC 3339, not as in YAML."""
+    if error["type"].startswith("datetime"):
         return _("kein gültiger Zeitpunkt (RFC 3339 mit Zeitzone, z. B. 2026-05-04T10:30:00+02:00)")
-    return _(_MESSAGES.get(kind, _INVALID))
+    return error_message(error, fallback=_(_INVALID))

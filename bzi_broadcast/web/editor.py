@@ -245,18 +245,37 @@ async def _step(request: web.Request) -> web.Response:
         status = 403 if isinstance(exc, NotAllowed) else 409
         if not isinstance(exc, NotAllowed | StaleEdit | TransitionError):
             status = 400
-        state = forms.from_announcement(draft.announcement)
-        return await editor_page(
+        return await _saved_page(
             request,
             user,
-            state,
-            draft=draft,
-            version=draft.version,
-            notices=[Notice(text=exc.message, bad=True)],
+            draft,
+            [Notice(text=exc.message, bad=True)],
+            status,
             schedule_at=str(form.get("at", ""))[:40] if step == "planen" else None,
-            status=status,
         )
     raise web.HTTPSeeOther(target)
+
+
+async def _saved_page(
+    request: web.Request,
+    user: User,
+    draft: Draft,
+    notices: list[Notice],
+    status: int,
+    **extra: Any,
+) -> web.Response:
+    """The editor showing the stored version (after a step, not a form post), with notices."""
+    state = forms.from_announcement(draft.announcement)
+    return await editor_page(
+        request,
+        user,
+        state,
+        draft=draft,
+        version=draft.version,
+        notices=notices,
+        status=status,
+        **extra,
+    )
 
 
 async def _run_step(request: web.Request, user: User, draft: Draft, step: str, form: Any) -> str:
@@ -312,15 +331,8 @@ async def _send_test(request: web.Request, user: User, draft: Draft) -> web.Resp
     if chat is not None:
         outcomes.append(await trial.telegram(draft.announcement, chat))
     notices = [Notice(text=outcome.message, bad=not outcome.ok) for outcome in outcomes]
-    state = forms.from_announcement(draft.announcement)
-    return await editor_page(
-        request,
-        user,
-        state,
-        draft=draft,
-        version=draft.version,
-        notices=notices,
-        status=200 if all(o.ok for o in outcomes) else 502,
+    return await _saved_page(
+        request, user, draft, notices, 200 if all(o.ok for o in outcomes) else 502
     )
 
 
