@@ -34,6 +34,7 @@ from mastodon import (
 
 from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.channels.images import read_local_image
+from bzi_broadcast.channels.mastodon_instance import InstanceLimits
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.errors import (
@@ -44,7 +45,7 @@ from bzi_broadcast.errors import (
     UnknownOutcomeError,
 )
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.render import Renderer, ThreadLimits
+from bzi_broadcast.render import Renderer
 from bzi_broadcast.render.renditions import MastodonPost
 from bzi_broadcast.store.announcements import AnnouncementRecord
 from bzi_broadcast.store.parts import Parts
@@ -80,35 +81,6 @@ class MastodonBudgets:
     requests: tuple[int, float] = (300, 300.0)
     statuses: tuple[int, float] = (300, 3 * 3600.0)
     media: tuple[int, float] = (30, 1800.0)
-
-
-@dataclass(frozen=True)
-class InstanceLimits:
-    """What ``/api/v2/instance`` says about statuses and media."""
-
-    thread: ThreadLimits
-    description_limit: int
-    image_size_limit: int
-
-    @classmethod
-    def parse(cls, instance: Any) -> InstanceLimits:
-        try:
-            configuration = instance["configuration"]
-            statuses, media = configuration["statuses"], configuration["media_attachments"]
-            return cls(
-                thread=ThreadLimits(
-                    max_characters=int(statuses["max_characters"]),
-                    url_length=int(statuses["characters_reserved_per_url"]),
-                ),
-                description_limit=int(media.get("description_limit", 1500)),
-                image_size_limit=int(media["image_size_limit"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PermanentError(
-                _("Mastodon: die Instanz meldet unbrauchbare Grenzen ({problem})").format(
-                    problem=exc
-                )
-            ) from exc
 
 
 class MastodonChannel:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from markupsafe import Markup, escape
 
-from bzi_broadcast.channels.mastodon import InstanceLimits
+from bzi_broadcast.channels.mastodon_instance import InstanceLimits
 from bzi_broadcast.config import MastodonSettings
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.errors import BroadcastError
