@@ -10,13 +10,17 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import ThreadLimits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InstanceLimits:
-    """What ``/api/v2/instance`` says about statuses and media."""
+    """What the server allows for statuses and media (missing values: the family's defaults)."""
 
     thread: ThreadLimits
     description_limit: int
     image_size_limit: int
+    max_media_attachments: int = 4
+    supported_mime_types: frozenset[str] = frozenset()  # empty: the server did not say
+    family: str = "mastodon"  # mastodon, gotosocial, akkoma, pleroma
+    version: str = ""
 
     @classmethod
     def parse(cls, instance: Any) -> InstanceLimits:
