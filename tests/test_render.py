@@ -232,3 +232,48 @@ def test_web_fragment_and_atom_entry(renderer: Renderer, example: Announcement) 
 
     entry = ElementTree.fromstring(web.atom_entry)
     assert entry.find("{http://www.w3.org/2005/Atom}title") is not None
+
+
+def _channel_texts(renderer: Renderer, a: Announcement) -> dict[str, str]:
+    r = renderer.render(a, channels=("email", "mastodon", "telegram", "web"))
+    assert r.email and r.mastodon and r.telegram and r.web
+    return {
+        "email.html": r.email.html,
+        "email.txt": r.email.text,
+        "mastodon": "\n\n".join(post.text for post in r.mastodon.posts),
+        "telegram": "\n\n".join(message.text for message in r.telegram.messages),
+        "web": r.web.html,
+    }
+
+
+def test_thanks_reads_intro_partners_closing_on_every_channel(renderer: Renderer) -> None:
+    a = announce(
+        blocks=[
+            {
+                "type": "thanks",
+                "intro": "Möglich wurde das durch:",
+                "partners": [{"name": "Stadt Mainz", "role": "funded_by"}],
+                "closing": "Bis zum nächsten Mal!",
+            }
+        ]
+    )
+    for channel, text in _channel_texts(renderer, a).items():
+        order = [text.index(part) for part in ("Möglich", "Stadt Mainz", "Bis zum nächsten Mal!")]
+        assert order == sorted(order), channel
+
+
+def test_link_description_and_label_never_share_a_line(renderer: Renderer) -> None:
+    a = announce(
+        blocks=[
+            {
+                "type": "link",
+                "description": "Alle Fotos des Tages",
+                "label": "Fotos ansehen",
+                "url": "https://bzi.example.org/fotos",
+            }
+        ]
+    )
+    for channel, text in _channel_texts(renderer, a).items():
+        description_at, label_at = text.index("Alle Fotos des Tages"), text.index("Fotos ansehen")
+        assert description_at < label_at, channel
+        assert "\n" in text[description_at:label_at], channel
