@@ -13,12 +13,14 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
+import regex
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from bzi_broadcast.content import markdown
 from bzi_broadcast.i18n import N_
 
 LOCAL_TZ = ZoneInfo("Europe/Berlin")
+MAX_CONTENT_WARNING = 250  # grapheme clusters; named in the message below
 _WHITESPACE = re.compile(r"\s+")
 _HASHTAG = re.compile(r"^#?(\w+)$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -47,6 +49,20 @@ def _prose(value: str) -> str:
     """Paragraphs separated by blank lines; line breaks inside a paragraph are reflowed."""
     paragraphs = (_WHITESPACE.sub(" ", part).strip() for part in _multi_line(value).split("\n\n"))
     return "\n\n".join(part for part in paragraphs if part)
+
+
+def _content_warning(value: str) -> str:
+    """A warning, not a post: at most half of Mastodon's default 500 characters (graphemes, as
+    Mastodon counts), so every post of the thread keeps room for its text. The channel checks
+    again against the instance's own limit before the first post."""
+    if len(regex.findall(r"\X", value)) > MAX_CONTENT_WARNING:
+        raise ValueError(
+            N_(
+                "ist zu lang für eine Inhaltswarnung (höchstens 250 Zeichen, damit jeder Beitrag "
+                "Platz für seinen Text behält)"
+            )
+        )
+    return value
 
 
 def _url(value: str) -> str:
@@ -217,7 +233,7 @@ class EmailOptions(Frozen):
 
 class MastodonOptions(Frozen):
     visibility: Visibility = Visibility.PUBLIC
-    content_warning: SingleLine | None = None
+    content_warning: Annotated[SingleLine, AfterValidator(_content_warning)] | None = None
 
 
 class TelegramOptions(Frozen):

@@ -198,7 +198,8 @@ class Worker:
 
     async def _load(self, announcement_id: int) -> Any:
         record = await self._announcements.get(announcement_id)
-        return self.channel.prepare(record)
+        # Rendering is CPU work: in a thread, so the loop goes on sending and answering meanwhile.
+        return await asyncio.to_thread(self.channel.prepare, record)
 
     def _failure(self, item: Claimed, attempts: int, exc: DeliveryError) -> Outcome:
         now = utcnow()

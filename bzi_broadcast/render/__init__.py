@@ -1,14 +1,17 @@
 """Rendering: one announcement into each channel's exact form, as pure functions of the content.
 
 ``Renderer`` loads the templates once (packaged ones shadowed by an override directory); its
-methods do no I/O.
+methods do no I/O. Services call them through ``Renderer.off_loop``: rendering a long announcement
+is CPU work, and on the event loop it would stall every other request (``/healthz`` included).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Final
+from typing import Final, ParamSpec, TypeVar
 
 import jinja2
 
@@ -34,6 +37,9 @@ from bzi_broadcast.render.thread import ThreadLimits
 from bzi_broadcast.render.web import render_web
 
 CHANNELS: Final = ("email", "mastodon", "telegram")
+RENDER_THREADS: Final = 2  # one per core here; more would only queue for the GIL
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Renderer:
@@ -41,6 +47,18 @@ class Renderer:
         settings = settings or RenderSettings()
         env = create_environment(settings.templates_dir)
         self._ctx = RenderContext(env=env, organisation=settings.organisation)
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def off_loop(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``work(*args, **kwargs)`` in the renderer's small thread pool, awaited.
+
+        A thread still shares the GIL, but the interpreter switches every few milliseconds, so
+        the event loop keeps answering while a long text is split; the pool's size bounds how
+        many renderings compete at once (the rest wait in its queue)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: work(*args, **kwargs))
 
     @property
     def environment(self) -> jinja2.Environment:

@@ -18,7 +18,9 @@ from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.delivery.outbox import Outbox
 from bzi_broadcast.errors import BroadcastError
-from bzi_broadcast.render import ThreadLimits
+from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.render import Renderer, ThreadLimits
+from bzi_broadcast.render.renditions import EmailRendition, MastodonRendition, TelegramRendition
 from bzi_broadcast.render.social import TELEGRAM_CAPTION_LIMIT, TELEGRAM_MESSAGE_LIMIT
 from bzi_broadcast.staff import workflow
 from bzi_broadcast.staff.workflow import Draft
@@ -249,9 +251,15 @@ async def _preview(call: Call, announcement: Announcement) -> web.Response:
     renderer = call.context.renderer
     instance = call.request.config_dict.get(LIMITS)  # the editor's, on the main app
     limits, from_instance = await instance.get() if instance else (ThreadLimits(), False)
-    email = renderer.email(announcement)
-    mastodon = renderer.mastodon(announcement, limits)
-    telegram = renderer.telegram(announcement)
+    try:
+        email, mastodon, telegram = await renderer.off_loop(
+            _renditions, renderer, announcement, limits
+        )
+    except (ValueError, BroadcastError) as exc:  # e.g. a hashtag longer than a post
+        message = exc.message if isinstance(exc, BroadcastError) else str(exc)
+        raise ApiProblem(
+            422, _("Die Vorschau ist nicht möglich: {reason}").format(reason=message)
+        ) from exc
     preview = Preview(
         email=EmailPreview(**email.to_json()),
         mastodon=MastodonPreview(
@@ -281,3 +289,14 @@ async def _preview(call: Call, announcement: Announcement) -> web.Response:
         ),
     )
     return json_response(preview.model_dump(mode="json"))
+
+
+def _renditions(
+    renderer: Renderer, announcement: Announcement, limits: ThreadLimits
+) -> tuple[EmailRendition, MastodonRendition, TelegramRendition]:
+    """Every channel's rendition (in the renderer's thread pool: splitting is CPU work)."""
+    return (
+        renderer.email(announcement),
+        renderer.mastodon(announcement, limits),
+        renderer.telegram(announcement),
+    )

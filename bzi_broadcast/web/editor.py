@@ -225,7 +225,8 @@ async def _preview_of(
             )
         )
     limits, from_instance = await request.app[LIMITS].get()
-    return render(context_of(request).renderer, announcement, limits, from_instance)
+    renderer = context_of(request).renderer
+    return await renderer.off_loop(render, renderer, announcement, limits, from_instance)
 
 
 # --- the workflow steps -------------------------------------------------------------------------
