@@ -109,11 +109,14 @@ class MastodonSettings(_Section):
     enabled: bool = False
     base_url: str = "https://mastodon.example.org"
     access_token: SecretStr | None = None
-    server_version: str = "4.3.0"
+    server_version: str | None = None  # an override; by default read from the instance
     timeout: float = Field(default=30.0, gt=0)
     requests_per_5_minutes: int = Field(default=300, ge=1)
     statuses_per_3_hours: int = Field(default=300, ge=1)
     media_per_30_minutes: int = Field(default=30, ge=1)
+    content_warning_share: float = Field(
+        default=0.5, gt=0, lt=1, description="the longest content warning, as a share of a post"
+    )
 
 
 class TelegramSettings(_Section):

@@ -1,23 +1,30 @@
 """The Mastodon channel: the announcement as a thread on the council's account (Mastodon.py).
 
 Mastodon.py is synchronous, so every call runs in a small thread pool of its own; the event loop
-never blocks. Each part of the thread gets an Idempotency-Key stored before its first attempt and
-its remote id stored as soon as it is known, so a retry (after a timeout, a 5xx, a crash)
-continues the thread instead of posting it again. Images are uploaded with their description
+never blocks. A thread goes out whole or not at all: before its first part (and on every retry
+before the rest) each part is checked against the instance's limits, and a part that would be
+refused fails the delivery before anything is public. Each part gets an Idempotency-Key stored
+before its first attempt and its remote id stored as soon as it is known, so a retry (after a
+timeout, a 5xx, a crash) continues the thread instead of posting it again. Mastodon forgets a key
+after an hour, so a part first tried longer ago is looked up among the account's recent statuses
+and adopted if it is there. Images are read once for the check, uploaded with their description
 and polled until processed before the status that uses them is created.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import mimetypes
+import re
 import time
+import unicodedata
 import urllib.request
-import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -34,7 +41,7 @@ from mastodon import (
 
 from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.channels.images import read_local_image
-from bzi_broadcast.channels.mastodon_instance import InstanceLimits
+from bzi_broadcast.channels.mastodon_instance import InstanceLimits, read_instance
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.errors import (
@@ -46,15 +53,20 @@ from bzi_broadcast.errors import (
 )
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
+from bzi_broadcast.render.counting import MENTION_RE, grapheme_count, mastodon_length
 from bzi_broadcast.render.renditions import MastodonPost
 from bzi_broadcast.store.announcements import AnnouncementRecord
-from bzi_broadcast.store.parts import Parts
+from bzi_broadcast.store.parts import Part, Parts
 
 T = TypeVar("T")
 MEDIA_POLL_SECONDS = 0.5
 MEDIA_POLL_LIMIT = 120
 IMAGE_TIMEOUT = 30.0
 LIMITS_MAX_AGE = 3600.0  # an admin may change the instance's limits; read them again hourly
+KEY_LIFETIME = timedelta(minutes=55)  # Mastodon keeps an Idempotency-Key 3,600 s; a margin
+RECENT_STATUSES = 40  # the most Mastodon gives in one page of an account's statuses
+_BREAK = re.compile(r"<br\s*/?>|</p>", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>")
 
 
 class Budget:
@@ -83,6 +95,14 @@ class MastodonBudgets:
     media: tuple[int, float] = (30, 1800.0)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    """An image read for the pre-flight check, uploaded later from these bytes."""
+
+    content: bytes
+    mime_type: str
+
+
 class MastodonChannel:
     name = "mastodon"
     concurrency = 1  # one thread at a time: its parts are posted in order
@@ -96,6 +116,7 @@ class MastodonChannel:
         budgets: MastodonBudgets = MastodonBudgets(),
         image_root: Path | None = None,
         threads: int = 4,
+        content_warning_share: float = 0.5,
     ) -> None:
         self._client = client
         self._renderer = renderer
@@ -105,8 +126,10 @@ class MastodonChannel:
         self._statuses = Budget(*budgets.statuses)
         self._media = Budget(*budgets.media)
         self._image_root = image_root or Path.cwd()
+        self._content_warning_share = content_warning_share
         self._limits: InstanceLimits | None = None
         self._limits_read = 0.0
+        self._account_id: str | None = None
 
     def prepare(self, record: AnnouncementRecord) -> Announcement:
         return record.announcement()
@@ -117,36 +140,137 @@ class MastodonChannel:
             posts = self._renderer.mastodon(prepared, limits.thread).posts
         except ValueError as exc:  # e.g. a hashtag longer than the instance allows in a post
             raise PermanentError(f"Mastodon: {exc}") from exc
-        done = await self._parts.of(delivery.id)
+        parts = await self._parts.plan(delivery.id, len(posts))
+        todo = [number for number in range(len(posts)) if not parts[number].posted]
+        images = await self._preflight(posts, todo, limits)
         parent: str | None = None
         first_url: str | None = None
         for number, post in enumerate(posts):
-            part = done.get(number)
-            if part is None:
-                key = uuid.uuid4().hex
-                await self._parts.begin(delivery.id, number, key)
-            elif part.remote_id is not None:  # posted on an earlier attempt: continue after it
-                parent, first_url = part.remote_id, first_url or part.url
-                continue
-            else:
-                key = part.idempotency_key
-            status = await self._post(post, parent, key, limits)
-            parent = str(status["id"])
-            await self._parts.done(delivery.id, number, parent, status.get("url"))
-            first_url = first_url or status.get("url")
+            part = parts[number]
+            if not part.posted:  # posted on an earlier attempt: continue after it
+                part = await self._publish(delivery.id, part, post, parent, images)
+            parent, first_url = part.remote_id, first_url or part.url
         return Receipt(remote_id=first_url)
 
     async def limits(self) -> InstanceLimits:
-        """The instance's limits from ``/api/v2/instance``, read at most once an hour."""
+        """The instance's limits (``/api/v2/instance``, else v1), read at most once an hour."""
         if self._limits is None or time.monotonic() - self._limits_read > LIMITS_MAX_AGE:
-            self._limits = InstanceLimits.parse(await self._call(self._client.instance_v2))
+            self._limits = await self._call(partial(read_instance, self._client))
             self._limits_read = time.monotonic()
         return self._limits
 
+    async def delete_status(self, remote_id: str) -> None:
+        """Delete one posted status (staff removing an incomplete thread); gone already is fine."""
+        try:
+            await self._call(partial(self._client.status_delete, remote_id))
+        except PermanentError as exc:
+            if not isinstance(exc.__cause__, MastodonNotFoundError):
+                raise
+
+    # --- before anything is posted --------------------------------------------------------------
+
+    async def _preflight(
+        self, posts: Sequence[MastodonPost], todo: list[int], limits: InstanceLimits
+    ) -> dict[str, Image]:
+        """Every part still to post, checked against the instance's limits; the images, read."""
+        for number in todo:
+            self._refuse(number, len(posts), self._problem(posts[number], limits))
+        images: dict[str, Image] = {}
+        loop = asyncio.get_running_loop()
+        for number in todo:
+            for src in posts[number].media:
+                if src not in images:
+                    images[src] = await loop.run_in_executor(
+                        self._pool, self._read_image, src, limits.image_size_limit
+                    )
+                self._refuse(number, len(posts), _image_problem(src, images[src], limits))
+        return images
+
+    def _problem(self, post: MastodonPost, limits: InstanceLimits) -> str | None:
+        """Why the instance would refuse this part, in words; None if it would not."""
+        most = limits.thread.max_characters
+        warning, warning_limit = (
+            grapheme_count(post.spoiler_text),
+            self._content_warning_limit(most),
+        )
+        length = mastodon_length(
+            post.text, url_length=limits.thread.url_length, spoiler_text=post.spoiler_text
+        )
+        description = len(post.media_description or "")
+        if warning > warning_limit:
+            return _("Inhaltswarnung mit {length} Zeichen, höchstens {limit} erlaubt").format(
+                length=warning, limit=warning_limit
+            )
+        if length > most:
+            return _("{length} von {limit} Zeichen").format(length=length, limit=most)
+        if len(post.media) > limits.max_media_attachments:
+            return _("{count} Bilder, die Instanz erlaubt {limit}").format(
+                count=len(post.media), limit=limits.max_media_attachments
+            )
+        if post.media and description > limits.description_limit:
+            return _("Alternativtext mit {length} von {limit} Zeichen").format(
+                length=description, limit=limits.description_limit
+            )
+        return None
+
+    def _content_warning_limit(self, max_characters: int) -> int:
+        return int(max_characters * self._content_warning_share)
+
+    @staticmethod
+    def _refuse(number: int, total: int, problem: str | None) -> None:
+        if problem:
+            raise PermanentError(
+                _("Mastodon: Teil {n} von {total}: {problem}").format(
+                    n=number + 1, total=total, problem=problem
+                )
+            )
+
+    # --- posting --------------------------------------------------------------------------------
+
+    async def _publish(
+        self,
+        delivery_id: int,
+        part: Part,
+        post: MastodonPost,
+        parent: str | None,
+        images: dict[str, Image],
+    ) -> Part:
+        """Post one part (or adopt it, if an attempt over an hour ago went through); stored."""
+        now = datetime.now(UTC)
+        found = None
+        if part.first_attempt_at is None:
+            await self._parts.attempt(delivery_id, part.part, now)
+        elif now - part.first_attempt_at > KEY_LIFETIME:  # the server has forgotten the key
+            found = await self._find_posted(post, parent)
+        status = found or await self._post(post, parent, part.idempotency_key, images)
+        remote_id, url = str(status["id"]), status.get("url")
+        await self._parts.done(delivery_id, part.part, remote_id, url)
+        return Part(
+            part=part.part, idempotency_key=part.idempotency_key, remote_id=remote_id, url=url
+        )
+
+    async def _find_posted(self, post: MastodonPost, parent: str | None) -> Any | None:
+        """This part among the account's recent statuses: same text, replying to the same."""
+        if self._account_id is None:
+            account = await self._call(self._client.account_verify_credentials)
+            self._account_id = str(account["id"])
+        recent = await self._call(
+            partial(self._client.account_statuses, self._account_id, limit=RECENT_STATUSES)
+        )
+        wanted = _comparable(post.text)
+        for status in recent:
+            if str(status.get("in_reply_to_id") or "") != (parent or ""):
+                continue
+            if _comparable(_plain(str(status.get("content") or ""))) == wanted:
+                return status
+        return None
+
     async def _post(
-        self, post: MastodonPost, parent: str | None, key: str, limits: InstanceLimits
+        self, post: MastodonPost, parent: str | None, key: str, images: dict[str, Image]
     ) -> Any:
-        media_ids = [await self._upload(src, post.media_description, limits) for src in post.media]
+        media_ids = [
+            await self._upload(src, images[src], post.media_description) for src in post.media
+        ]
         self._statuses.take(_("Beiträge"))
         return await self._call(
             partial(
@@ -161,23 +285,13 @@ class MastodonChannel:
             )
         )
 
-    async def _upload(self, src: str, description: str | None, limits: InstanceLimits) -> str:
-        if description and len(description) > limits.description_limit:
-            raise PermanentError(
-                _("Mastodon: der Alternativtext von {image} ist länger als {limit} Zeichen").format(
-                    image=src, limit=limits.description_limit
-                )
-            )
-        loop = asyncio.get_running_loop()
-        content, mime_type = await loop.run_in_executor(
-            self._pool, self._read_image, src, limits.image_size_limit
-        )
+    async def _upload(self, src: str, image: Image, description: str | None) -> str:
         self._media.take(_("Medien"))
         media = await self._call(
             partial(
                 self._client.media_post,
-                content,
-                mime_type=mime_type,
+                image.content,
+                mime_type=image.mime_type,
                 description=description,
                 file_name=PurePosixPath(src).name,
             )
@@ -189,27 +303,24 @@ class MastodonChannel:
             media = await self._call(partial(self._client.media, media["id"]))
         raise TransientError(_("Mastodon: Bild wird noch verarbeitet"))
 
-    def _read_image(self, src: str, limit: int) -> tuple[bytes, str]:
-        """The image's bytes and type, from its URL or the local file (in the thread pool)."""
+    def _read_image(self, src: str, limit: int) -> Image:
+        """The image's bytes (at most ``limit`` + 1) and type, from its URL or the local file
+        (in the thread pool)."""
         unreadable = _("Mastodon: Bild {image} nicht lesbar ({reason})")
         if src.startswith(("https://", "http://")):
             request = urllib.request.Request(src, headers={"User-Agent": "bzi-broadcast"})  # noqa: S310
             try:
                 with urllib.request.urlopen(request, timeout=IMAGE_TIMEOUT) as answer:  # noqa: S310
-                    content = answer.read(limit + 1)
-                    mime_type = answer.headers.get_content_type()
+                    return Image(
+                        content=answer.read(limit + 1), mime_type=answer.headers.get_content_type()
+                    )
             except (OSError, ValueError) as exc:  # the web server may be back later
                 raise TransientError(unreadable.format(image=src, reason=exc)) from exc
-        else:
-            content = read_local_image(self._image_root, src)
-            mime_type = mimetypes.guess_type(src)[0] or "application/octet-stream"
-        if len(content) > limit:
-            raise PermanentError(
-                _("Mastodon: Bild {image} ist größer als {limit} Bytes").format(
-                    image=src, limit=limit
-                )
-            )
-        return content, mime_type
+        content = read_local_image(self._image_root, src)
+        return Image(
+            content=content,
+            mime_type=mimetypes.guess_type(src)[0] or "application/octet-stream",
+        )
 
     async def _call(self, work: Callable[[], T]) -> T:
         self._requests.take(_("Anfragen"))
@@ -245,3 +356,26 @@ class MastodonChannel:
 def _message(exc: Exception) -> str:
     args = exc.args
     return str(args[3]) if len(args) > 3 and args[3] else str(exc)
+
+
+def _image_problem(src: str, image: Image, limits: InstanceLimits) -> str | None:
+    if len(image.content) > limits.image_size_limit:
+        return _("Bild {image} ist größer als {limit} Bytes").format(
+            image=src, limit=limits.image_size_limit
+        )
+    if limits.supported_mime_types and image.mime_type not in limits.supported_mime_types:
+        return _("Bild {image} hat den Typ {type}, den die Instanz nicht annimmt").format(
+            image=src, type=image.mime_type
+        )
+    return None
+
+
+def _plain(content: str) -> str:
+    """A status's HTML ``content`` as text: line breaks kept as such, tags dropped, unescaped."""
+    return html.unescape(_TAG.sub("", _BREAK.sub("\n", content)))
+
+
+def _comparable(text: str) -> str:
+    """Text as both sides show it: remote mentions as @user, whitespace runs as one space."""
+    text = MENTION_RE.sub(lambda m: "@" + m.group(1), unicodedata.normalize("NFC", text))
+    return " ".join(text.split())

@@ -217,6 +217,9 @@ delivery_parts = Table(
     Column("idempotency_key", String(64), nullable=False),
     Column("remote_id", String(200)),
     Column("url", Text),
+    # Mastodon keeps an Idempotency-Key for an hour; after that a retry looks the part up first.
+    Column("first_attempt_at", UTCDateTime()),
+    Column("deleted_at", UTCDateTime()),  # staff deleted the posted part of an incomplete thread
 )
 
 channel_state = Table(
