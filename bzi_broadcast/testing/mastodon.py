@@ -91,6 +91,8 @@ class MastodonServer:
         app.router.add_get("/api/v1/accounts/verify_credentials", self._verify)
         app.router.add_post("/api/v1/statuses", self._post_status)
         app.router.add_get("/api/v1/statuses/{id}", self._get_status)
+        app.router.add_delete("/api/v1/statuses/{id}", self._delete_status)
+        app.router.add_get("/api/v1/accounts/{id}/statuses", self._account_statuses)
         app.router.add_post("/api/v2/media", self._post_media)
         app.router.add_get("/api/v1/media/{id}", self._get_media)
         return app
@@ -264,6 +266,26 @@ class MastodonServer:
     async def _get_status(self, request: web.Request) -> web.Response:
         found = self.statuses.get(request.match_info["id"])
         return self._json(found) if found else self._json({"error": "Record not found"}, 404)
+
+    async def _delete_status(self, request: web.Request) -> web.Response:
+        """methods/statuses "Delete a status": the status as it was, with its source text."""
+        found = self.statuses.pop(request.match_info["id"], None)
+        return self._json(found) if found else self._json({"error": "Record not found"}, 404)
+
+    async def _account_statuses(self, request: web.Request) -> web.Response:
+        """methods/accounts "Get account's statuses": newest first, ``limit`` (default 20, at
+        most 40), older than ``max_id``; replies included unless ``exclude_replies``."""
+        if request.match_info["id"] != _account()["id"]:
+            return self._json({"error": "Record not found"}, 404)
+        limit = min(int(request.query.get("limit") or 20), 40)
+        max_id = int(request.query.get("max_id") or 0)
+        no_replies = request.query.get("exclude_replies") in ("true", "1")
+        found = [
+            s
+            for s in reversed(self.thread())
+            if (not max_id or int(s["id"]) < max_id) and not (no_replies and s["in_reply_to_id"])
+        ]
+        return self._json(found[:limit])
 
     async def _post_media(self, request: web.Request) -> web.Response:
         form = await _form(request)
