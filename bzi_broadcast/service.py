@@ -141,7 +141,9 @@ def mastodon_channel(
         access_token=m.access_token.get_secret_value(),
         api_base_url=m.base_url,
         ratelimit_method="throw",
-        version_check_mode="created",
+        # Without an override Mastodon.py reads the version from /api/v1/instance when it first
+        # needs it (to choose /api/v2/media); it understands GoToSocial's and Akkoma's strings.
+        version_check_mode="created" if m.server_version else "none",
         mastodon_version=m.server_version,
         request_timeout=m.timeout,
     )

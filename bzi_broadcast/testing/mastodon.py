@@ -9,7 +9,8 @@ Follows docs.joinmastodon.org:
   Mastodon's StatusLengthValidator does (422 "Validation failed: Text character limit of N
   exceeded"); ``in_reply_to_id`` must exist (404); media must have finished processing (422).
 - methods/media "Upload media as an attachment (async)": ``POST /api/v2/media`` answers 202 with
-  ``url: null`` while processing; ``GET /api/v1/media/:id`` answers 206 until processed, then 200.
+  ``url: null`` while processing; ``GET /api/v1/media/:id`` answers 206 until processed, then 200;
+  the deprecated ``POST /api/v1/media`` answers 200 with the processed attachment.
 - methods/accounts "Verify account credentials"; api/oauth-tokens: 401 "The access token is
   invalid" for a wrong token.
 - api/rate-limits: ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (ISO 8601) on every
@@ -61,6 +62,10 @@ class MastodonServer:
     url_length: int = 23
     description_limit: int = 1500
     version: str = "4.3.0"
+    # An instance document to serve instead of our own (another family or version, see
+    # tests/fixtures/mastodon_instances); without v2, /api/v2/instance answers 404 as before 4.0.
+    instance_document: dict[str, Any] | None = None
+    has_instance_v2: bool = True
     requests_per_window: int = 300
     window_seconds: float = 300.0
     processing_seconds: float = 0.2
@@ -94,6 +99,7 @@ class MastodonServer:
         app.router.add_delete("/api/v1/statuses/{id}", self._delete_status)
         app.router.add_get("/api/v1/accounts/{id}/statuses", self._account_statuses)
         app.router.add_post("/api/v2/media", self._post_media)
+        app.router.add_post("/api/v1/media", self._post_media_v1)
         app.router.add_get("/api/v1/media/{id}", self._get_media)
         return app
 
@@ -163,6 +169,8 @@ class MastodonServer:
     # --- routes ---------------------------------------------------------------------------------
 
     async def _instance_v1(self, request: web.Request) -> web.Response:
+        if self.instance_document is not None:
+            return web.json_response(self.instance_document)
         return web.json_response(
             {
                 "uri": request.host,
@@ -177,6 +185,10 @@ class MastodonServer:
         )
 
     async def _instance_v2(self, request: web.Request) -> web.Response:
+        if not self.has_instance_v2:
+            return web.json_response({"error": "Record not found"}, status=404)
+        if self.instance_document is not None:
+            return web.json_response(self.instance_document)
         return web.json_response(
             {
                 "domain": request.host,
@@ -190,6 +202,7 @@ class MastodonServer:
                 "registrations": {"enabled": False, "approval_required": True, "message": None},
                 "contact": {"email": "admin@bzi.example.org", "account": None},
                 "rules": [],
+                "api_versions": {"mastodon": 2},  # since 4.3.0
             }
         )
 
@@ -287,7 +300,14 @@ class MastodonServer:
         ]
         return self._json(found[:limit])
 
-    async def _post_media(self, request: web.Request) -> web.Response:
+    async def _post_media_v1(self, request: web.Request) -> web.Response:
+        """The synchronous upload (deprecated since 3.1.3, still served; Mastodon.py uses it for
+        servers that report an older version, such as GoToSocial and Pleroma): 200, processed."""
+        return await self._post_media(request, processing=0.0)
+
+    async def _post_media(
+        self, request: web.Request, processing: float | None = None
+    ) -> web.Response:
         form = await _form(request)
         if not isinstance(form.get("file"), bytes):
             return self._json({"error": "Validation failed: File can't be blank"}, 422)
@@ -304,10 +324,11 @@ class MastodonServer:
         self.media[media_id] = Media(
             id=media_id,
             description=description,
-            ready_at=time.monotonic() + self.processing_seconds,
+            ready_at=time.monotonic()
+            + (self.processing_seconds if processing is None else processing),
             content=form["file"],
         )
-        return self._json(self._media_json(media_id), 202)
+        return self._json(self._media_json(media_id), 200 if processing == 0.0 else 202)
 
     async def _get_media(self, request: web.Request) -> web.Response:
         media_id = request.match_info["id"]

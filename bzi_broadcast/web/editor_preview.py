@@ -1,10 +1,10 @@
 """The editor's preview: every channel as it will look, with the counts that decide splitting.
 
-The Mastodon thread is split with the instance's own limits (``/api/v2/instance``, read at most
-hourly; a failed read is retried after a minute, meanwhile the defaults apply and the preview says
-so). Telegram messages are parsed as the Bot API parses them and drawn again from the parsed text
-and entities, so the bubble shows exactly what Telegram would, and nothing the parser would not
-accept can reach the staff page.
+The Mastodon thread is split with the instance's own limits (``/api/v2/instance``, else v1; read
+at most hourly; a failed read is retried after a minute, meanwhile the defaults apply and the
+preview says so). Telegram messages are parsed as the Bot API parses them and drawn again from the
+parsed text and entities, so the bubble shows exactly what Telegram would, and nothing the parser
+would not accept can reach the staff page.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from markupsafe import Markup, escape
 
-from bzi_broadcast.channels.mastodon_instance import InstanceLimits
+from bzi_broadcast.channels.mastodon_instance import fetch_instance
 from bzi_broadcast.config import MastodonSettings
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.errors import BroadcastError
@@ -62,15 +62,12 @@ class MastodonLimits:
         return self._limits, self._from_instance
 
     async def _read(self) -> None:
-        url = self._settings.base_url.rstrip("/") + "/api/v2/instance"
+        url = self._settings.base_url
         try:
             timeout = aiohttp.ClientTimeout(total=INSTANCE_TIMEOUT)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as http,
-                http.get(url, headers={"User-Agent": "bzi-broadcast"}) as answer,
-            ):
-                answer.raise_for_status()
-                self._limits = InstanceLimits.parse(await answer.json()).thread
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                limits = await fetch_instance(http, url, {"User-Agent": "bzi-broadcast"})
+            self._limits = limits.thread
             self._from_instance = True
             self._next_read = time.monotonic() + LIMITS_MAX_AGE
         except (aiohttp.ClientError, TimeoutError, ValueError, BroadcastError) as exc:
