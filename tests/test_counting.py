@@ -19,7 +19,9 @@ from bzi_broadcast.render.thread import ThreadLimits, split_thread
         ("한국어", 3),
         ("Mehr: https://example.org/" + "a" * 200, 6 + 23),
         ("(https://example.org/x).", 1 + 23 + 2),
-        ("„https://example.org/x“", 2 + 23),
+        # Mastodon's path may end in any character but ASCII quotes, 「」 and some punctuation, so
+        # the closing „…“ quote is part of the URL: only the opening one counts.
+        ("„https://example.org/x“", 1 + 23),
         ("@alice@example.social hallo", len("@alice hallo")),
         ("@alice hallo", 12),
         ("mail@example.org", 16),

@@ -14,7 +14,7 @@ from bzi_broadcast.content import Announcement, parse_announcement
 from bzi_broadcast.errors import ContentError
 from bzi_broadcast.render import Renderer, ThreadLimits
 from bzi_broadcast.render import telegram_html as tg
-from bzi_broadcast.render.counting import URL_RE, mastodon_length
+from bzi_broadcast.render.counting import mastodon_length, url_entities
 from bzi_broadcast.render.thread import split_thread, strip_decorations
 
 PIECES = [
@@ -78,12 +78,37 @@ def collapsed(text: str) -> str:
 
 
 def reference_length(text: str, url_length: int, spoiler: str = "") -> int:
-    """Mastodon's rule written independently: URLs fixed, remote mentions shortened, graphemes."""
-    replaced = URL_RE.sub("u" * url_length, text)
-    # Account::MENTION_RE = /(?<![=\/[:word:]])@((#{USERNAME_RE})(?:@[[:word:].-]+[[:word:]]+)?)/i
-    mention = r"(?<![=/\w])@([a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)(?:@[\w.-]+\w)"
-    replaced = regex.sub(mention, r"@\1", replaced, flags=regex.IGNORECASE)
-    return len(regex.findall(r"\X", spoiler)) + len(regex.findall(r"\X", replaced))
+    """Mastodon's rule written independently: URLs fixed, remote mentions shortened, graphemes.
+
+    Which URLs count is the one part taken from the code under test (``url_entities``); it has its
+    own witness in test_mastodon_counting (twitter-text's extractor)."""
+    if regex.fullmatch(r"\s*", text):
+        return len(regex.findall(r"\X", spoiler))
+    parts, position = [], 0
+    for url in url_entities(text):
+        parts += [text[position : url.start], "u" * url_length]
+        position = url.end
+    replaced = "".join([*parts, text[position:]])
+    # Account::MENTION_RE: (?<![=/[:word:]])@((USERNAME_RE)(?:@[[:word:]]+([.-]+[[:word:]]+)*)?)
+    # with USERNAME_RE = /[a-z0-9_]+([.-]+[a-z0-9_]+)*/i. Ruby's scan does not backtrack into a
+    # shorter match when the one found is followed by "@", an accent or "://" (then it is no
+    # mention), hence the atomic group; a domain over 253 characters keeps the mention whole.
+    word = r"[\p{L}\p{M}\p{Nd}\p{Pc}]"
+    accents = "\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0253\u0254\u0256\u0257\u0259\u025b\u0263"
+    accents += (
+        "\u0268\u026f\u0272\u0289\u028b\u02bb\u0300-\u036f\u1e00-\u1eff"  # Regex::LATIN_ACCENTS
+    )
+    mention = (
+        rf"(?<![=/\p{{L}}\p{{M}}\p{{Nd}}\p{{Pc}}])(?>@((?i:[a-z0-9_]+(?:[.-]+[a-z0-9_]+)*))"
+        rf"(@{word}+(?:[.-]+{word}+)*)?)(?![@＠{accents}]|://)"
+    )
+    replaced = regex.sub(
+        mention,
+        lambda m: "@" + m.group(1) if len(m.group(2) or "") <= 254 else m.group(0),
+        replaced,
+    )
+    # StatusLengthValidator counts the grapheme clusters of [spoiler_text, countable_text].join.
+    return len(regex.findall(r"\X", spoiler + replaced))
 
 
 @FAST
@@ -106,8 +131,8 @@ def test_every_mastodon_post_fits_and_nothing_is_lost(
         assert length == reference_length(post, url_length, spoiler)
         assert length <= limit
     assert collapsed(strip_decorations(posts, tags)) == collapsed(text.replace("\r\n", "\n"))
-    whole_urls = {m.group(0) for m in URL_RE.finditer(text)}
-    found = {m.group(0) for post in posts for m in URL_RE.finditer(post)}
+    whole_urls = {text[u.start : u.end] for u in url_entities(text)}
+    found = {post[u.start : u.end] for post in posts for u in url_entities(post)}
     assert whole_urls <= found
 
 

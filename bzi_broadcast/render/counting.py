@@ -1,30 +1,112 @@
 """Count characters the way the receiving servers do.
 
-Mastodon (``StatusLengthValidator``): grapheme clusters of the content warning plus grapheme
-clusters of the text in which every http(s) URL counts as ``characters_reserved_per_url`` (23 by
-default) and every remote mention ``@user@domain`` counts as ``@user``. Telegram counts UTF-16
-code units.
+Mastodon (``app/validators/status_length_validator.rb``) counts the grapheme clusters of
+``spoiler_text + countable_text(text)``. ``countable_text`` is the text with every URL that
+twitter-text's extractor finds *with a scheme* replaced by 23 ``x``
+(``characters_reserved_per_url``) and every mention ``@user@domain`` shortened to ``@user``;
+everything else counts as written. The URL regex is twitter-text 3.1.0's ``valid_url`` with
+Mastodon's overrides from ``config/initializers/twitter_regex.rb`` (more schemes, any non-space
+path character, Unicode in the query); a match only counts when its domain passes
+``is_valid_domain`` (IDNA-encodable, whole URL at most 4,096 characters after encoding).
+Telegram counts UTF-16 code units.
 """
 
 from __future__ import annotations
 
+import stringprep
+from typing import NamedTuple
+
 import regex
 
-# An http(s) URL as twitter-text's extractor finds it: scheme, host, optional port and path;
-# trailing punctuation and closing quotes are not part of it, balanced parentheses are.
+from bzi_broadcast.render.tlds import COUNTRY, GENERIC
+
+# twitter-text's Extractor::MAX_URL_LENGTH: longer URLs are not entities, so they count in full.
+MAX_URL_LENGTH = 4096
+# Extractor::URL_PROTOCOL_LENGTH ("https://"), added for scheme-less URLs (never counted here).
+URL_PROTOCOL_LENGTH = 8
+# Mastodon's Extractor skips remote mentions whose domain is longer than this.
+MAX_MENTION_DOMAIN_LENGTH = 253
+MAX_TCO_SLUG_LENGTH = 40
+
+_DIRECTIONAL = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_INVALID = "\ufffe\ufeff\uffff"
+_UNICODE_SPACES = "\t-\r \x85\xa0\u1680\u180e\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# Ruby's PUNCTUATION_CHARS is single-quoted, so its backslashes only escape: "\" is not in it.
+_PUNCTUATION = r"!\"#$%&'()*+,\-./:;<=>?@\[\]\^_`{|}~"
+_CTRL = "\x00-\x1f\x7f"
+_LATIN_ACCENTS = (
+    "\xc0-\xd6\xd8-\xf6\xf8-\xff\u0100-\u024f\u0253\u0254\u0256\u0257\u0259\u025b\u0263\u0268"
+    "\u026f\u0272\u0289\u028b\u02bb\u0300-\u036f\u1e00-\u1eff"
+)
+_UCHARS = (
+    "\xa0-\ud7ff\uf900-\ufdcf\ufdf0-\uffef\U00010000-\U0001fffd\U00020000-\U0002fffd"
+    "\U00030000-\U0003fffd\U00040000-\U0004fffd\U00050000-\U0005fffd\U00060000-\U0006fffd"
+    "\U00070000-\U0007fffd\U00080000-\U0008fffd\U00090000-\U0009fffd\U000a0000-\U000afffd"
+    "\U000b0000-\U000bfffd\U000c0000-\U000cfffd\U000d0000-\U000dfffd\U000e1000-\U000efffd"
+    "\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd"
+)
+
+
+def _tlds(names: tuple[str, ...]) -> str:
+    return "(?:(?:" + "|".join(regex.escape(n) for n in names) + ")(?=[^0-9a-z@+-]|$))"
+
+
+def _balanced_parens(path_char: str) -> str:
+    return rf"\((?:{path_char}+|(?:{path_char}*\({path_char}+\){path_char}*))\)"
+
+
+_DOMAIN_CHAR = f"[^{_DIRECTIONAL}{_PUNCTUATION}{_CTRL}{_INVALID}{_UNICODE_SPACES}]"
+_DOMAIN = (
+    rf"(?:(?:{_DOMAIN_CHAR}(?:[_-]|{_DOMAIN_CHAR})*)?{_DOMAIN_CHAR}\.)*"
+    rf"(?:(?:{_DOMAIN_CHAR}(?:[-]|{_DOMAIN_CHAR})*)?{_DOMAIN_CHAR}\.)"
+    rf"(?:{_tlds(GENERIC)}|{_tlds(COUNTRY)}|(?:xn--[0-9a-z]+))"
+)
+# Mastodon overrides the path characters but defines its balanced parentheses *after* the ending
+# characters, which therefore still embed twitter-text's original parentheses rule.
+_STOCK_PATH_CHAR = rf"[a-z\p{{Cyrillic}}0-9!*';:=+,.$/%#\[\]\p{{Pd}}_~&|@{_LATIN_ACCENTS}]"
+_PATH_CHAR = r"[^\p{White_Space}<>()?]"
+_PATH_END = (
+    r"(?:[^\p{White_Space}()?!*\"'「」<>;:=,.$%\[\]~&|@]"
+    f"|(?:{_balanced_parens(_STOCK_PATH_CHAR)}))"
+)
+_PATH = (
+    rf"(?:(?:{_PATH_CHAR}*(?:{_balanced_parens(_PATH_CHAR)}{_PATH_CHAR}*)*{_PATH_END})"
+    rf"|(?:{_PATH_CHAR}+/))"
+)
+_QUERY = rf"\?[a-z0-9!?*'();:&=+$/%#\[\]\-_.,~|@\^{_UCHARS}]*[a-z0-9_&=#/\-{_UCHARS}]"
+
+# twitter-text's REGEXEN[:valid_url] as Mastodon configures it; group ``url`` is the entity.
 URL_RE: regex.Pattern[str] = regex.compile(
-    r"""https?://
-        (?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)*[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?
-        (?::\d{1,5})?
-        (?:[/?\#](?:\([^\s()]*\)|[^\s()<>"„“”«»‚‘’]*[^\s()<>"„“”«»‚‘’.,;:!?'])*)?""",
-    regex.VERBOSE | regex.IGNORECASE,
+    rf"(?P<before>[^A-Z0-9@＠$#＃{_INVALID}]|[{_DIRECTIONAL}]|^)"
+    r"(?P<url>(?P<protocol>(?:https?|dat|dweb|ipfs|ipns|ssb|gopher|gemini)://)?"
+    rf"(?P<domain>{_DOMAIN})(?::[0-9]+)?(?P<path>/{_PATH}*)?(?:{_QUERY})?)",
+    regex.IGNORECASE | regex.MULTILINE,
 )
-# Mastodon's Account::MENTION_RE: a username, then optionally @domain; not after a word character,
-# "=" or "/" (so e-mail addresses are not mentions).
+_TCO_RE = regex.compile(r"^https?://t\.co/([a-z0-9]+)", regex.IGNORECASE)
+# A URL entity needs a scheme and contains no ASCII whitespace, so only such tokens are scanned.
+_TOKEN_RE = regex.compile(r"[^ \t\n\r\f\v]+")
+
+# Account::MENTION_RE (USERNAME_RE is case-insensitive; [[:word:]] is letters, marks, digits, "_").
+_WORD = r"[\p{L}\p{M}\p{Nd}\p{Pc}]"
 MENTION_RE: regex.Pattern[str] = regex.compile(
-    r"(?<![=/\w])@([a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)@[\w.-]+\w", regex.IGNORECASE
+    rf"(?<![=/{_WORD[1:-1]}])@(?P<name>(?P<user>(?i:[a-z0-9_]+(?:[.-]+[a-z0-9_]+)*))"
+    rf"(?:@(?P<domain>{_WORD}+(?:[.-]+{_WORD}+)*))?)"
 )
+# twitter-text's end_mention_match: a mention followed by these is not one.
+_MENTION_END_RE = regex.compile(rf"(?:[@＠]|[{_LATIN_ACCENTS}]|://)", regex.IGNORECASE)
 _GRAPHEME = regex.compile(r"\X")
+_BLANK = regex.compile(r"\p{White_Space}*")
+
+
+class Entity(NamedTuple):
+    """A span Mastodon counts differently: a URL (``mention`` is None) or a mention."""
+
+    start: int
+    end: int
+    mention: str | None = None
+
+    def counted_as(self, url_length: int) -> str:
+        return "x" * url_length if self.mention is None else self.mention
 
 
 def graphemes(text: str) -> list[str]:
@@ -40,14 +122,90 @@ def utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+def url_entities(text: str) -> list[Entity]:
+    """The URLs ``Extractor.extract_urls_with_indices(text, extract_url_without_protocol: false)``
+    returns, as code-point spans."""
+    if ":" not in text:
+        return []
+    found: list[Entity] = []
+    for token in _TOKEN_RE.finditer(text):
+        if "://" in token.group():
+            found += _token_urls(text, max(token.start() - 1, 0), token.end())
+    return found
+
+
+def _token_urls(text: str, start: int, end: int) -> list[Entity]:
+    # The scan starts one character early: that whitespace is the URL's "preceding character".
+    found = []
+    for match in URL_RE.finditer(text[start:end]):
+        entity = _url_entity(match)
+        if entity is not None:
+            found.append(Entity(start + entity.start, start + entity.end))
+    return found
+
+
+def _url_entity(match: regex.Match[str]) -> Entity | None:
+    """Extractor's checks on one match; scheme-less matches are skipped (but consumed the text)."""
+    url, begin = match.group("url"), match.start("url")
+    if not match.group("protocol"):
+        return None
+    tco = _TCO_RE.match(url)
+    if tco:
+        if len(tco.group(1)) > MAX_TCO_SLUG_LENGTH:
+            return None
+        url = tco.group(0)
+    if not _valid_domain(len(url), match.group("domain")):
+        return None
+    return Entity(begin, begin + len(url))
+
+
+def _valid_domain(url_length: int, domain: str) -> bool:
+    """Extractor#is_valid_domain: IDN::Idna.toASCII must succeed and the encoded URL be short."""
+    # libidn (idn-ruby) refuses code points unassigned in Unicode 3.2; Python's codec allows them.
+    if any(stringprep.in_table_a1(char) for char in domain):
+        return False
+    try:
+        encoded = domain.encode("idna")
+    except UnicodeError:
+        return False
+    return url_length + max(len(encoded) - len(domain), 0) <= MAX_URL_LENGTH
+
+
+def mention_entities(text: str) -> list[Entity]:
+    """``Extractor.extract_mentions_or_lists_with_indices``: each counted as ``@user``."""
+    if "@" not in text and "＠" not in text:
+        return []
+    found = []
+    for match in MENTION_RE.finditer(text):
+        if _MENTION_END_RE.match(text, match.end()):
+            continue
+        domain = match.group("domain")
+        if domain and len(domain) > MAX_MENTION_DOMAIN_LENGTH:
+            continue
+        found.append(Entity(match.start(), match.end(), "@" + match.group("user")))
+    return found
+
+
+def entities(text: str) -> list[Entity]:
+    """URLs and mentions, overlaps removed as ``remove_overlapping_entities`` does."""
+    kept: list[Entity] = []
+    for entity in sorted(url_entities(text) + mention_entities(text)):
+        if not kept or kept[-1].end <= entity.start:
+            kept.append(entity)
+    return kept
+
+
 def countable_text(text: str, *, url_length: int = 23) -> str:
     """The text as Mastodon measures it: URLs as placeholders, remote mentions shortened."""
-    text = URL_RE.sub(lambda m: "x" * url_length, text)
-    shortened: str = MENTION_RE.sub(lambda m: "@" + m.group(1), text)
-    return shortened
+    if _BLANK.fullmatch(text):
+        return ""
+    parts, position = [], 0
+    for entity in entities(text):
+        parts += [text[position : entity.start], entity.counted_as(url_length)]
+        position = entity.end
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def mastodon_length(text: str, *, url_length: int = 23, spoiler_text: str = "") -> int:
-    return grapheme_count(spoiler_text) + grapheme_count(
-        countable_text(text, url_length=url_length)
-    )
+    return grapheme_count(spoiler_text + countable_text(text, url_length=url_length))

@@ -1,24 +1,38 @@
 """Split one text into a Mastodon thread whose every post fits the instance's limit.
 
 Splits at paragraphs first, then sentences, then words, and only as a last resort inside a word,
-at grapheme-cluster boundaries; an http(s) URL is never split (it counts as a fixed length anyway)
-and neither is a hashtag. Posts are numbered ``i/n`` on their last line; hashtags close the first
+at grapheme-cluster boundaries; a URL Mastodon counts as a fixed length is never split, and neither
+is a hashtag or a mention. Posts are numbered ``i/n`` on their last line; hashtags close the first
 post. Whitespace between pieces is kept as written, so no text is lost.
+
+The splitter is linear in the text length: every paragraph, sentence, word and grapheme is counted
+once and posts are filled by adding those counts, never by recounting a growing string. Sums can
+only overestimate what Mastodon counts, except at rare cut points inside a word where the URL regex
+reads differently; each finished post is therefore counted once more, exactly, and the packing is
+repeated with a smaller budget if one overflows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import regex
 
-from bzi_broadcast.render.counting import URL_RE, grapheme_count, graphemes, mastodon_length
+from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.render.counting import entities, grapheme_count, graphemes, mastodon_length
 
 _SENTENCE_END = regex.compile(r"(?<=[.!?…][“”»«‘’‚„\"')]*)(\s+)")
 _WHITESPACE = regex.compile(r"(\s+)")
 _HASHTAG = regex.compile(r"#[\p{L}\p{N}_]+")
 MIN_CHARACTERS = 40
+# A content warning may take at most this share of the limit; with more, the rest would be cut into
+# hundreds of posts of a few letters each.
+MAX_SPOILER_SHARE = 0.5
+# How often a thread is packed again with a smaller budget when the exact count disagrees.
+_REPACKS = 3
+
+Piece = tuple[str, str, int]  # separator before it, text, Mastodon length of the text
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,9 +47,6 @@ class ThreadLimits:
             raise ValueError("url_length must be positive")
 
 
-Fits = Callable[[str], bool]
-
-
 def split_thread(
     text: str,
     *,
@@ -43,19 +54,15 @@ def split_thread(
     spoiler_text: str = "",
     hashtags: Sequence[str] = (),
 ) -> list[str]:
+    _check_spoiler(spoiler_text, limits)
     tag_line = " ".join(_normalize_tag(tag) for tag in hashtags)
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
     if not paragraphs:
         return [tag_line] if tag_line else []
     single = "\n\n".join([*paragraphs, tag_line] if tag_line else paragraphs)
-    if _length(single, limits, spoiler_text) <= limits.max_characters:
+    if _overflow(single, limits, spoiler_text) <= 0:
         return [single]
-    digits = 1
-    while True:
-        bodies = _pack(paragraphs, _budgets(limits, spoiler_text, tag_line, digits))
-        if len(str(len(bodies))) <= digits:
-            return _decorate(bodies, tag_line)
-        digits += 1
+    return _numbered(paragraphs, limits, spoiler_text, tag_line)
 
 
 def strip_decorations(posts: Sequence[str], hashtags: Sequence[str] = ()) -> str:
@@ -72,71 +79,135 @@ def strip_decorations(posts: Sequence[str], hashtags: Sequence[str] = ()) -> str
     return "\n\n".join(body for body in bodies if body)
 
 
+def _check_spoiler(spoiler_text: str, limits: ThreadLimits) -> None:
+    length, most = grapheme_count(spoiler_text), int(limits.max_characters * MAX_SPOILER_SHARE)
+    if length > most:
+        message = _(
+            "Die Inhaltswarnung ist {length} Zeichen lang; erlaubt ist höchstens die Hälfte "
+            "der Beitragslänge ({most} von {limit} Zeichen)."
+        )
+        raise ValueError(message.format(length=length, most=most, limit=limits.max_characters))
+
+
 def _normalize_tag(tag: str) -> str:
     return "#" + tag.strip().lstrip("#")
 
 
-def _length(text: str, limits: ThreadLimits, spoiler_text: str) -> int:
-    return mastodon_length(text, url_length=limits.url_length, spoiler_text=spoiler_text)
+def _overflow(post: str, limits: ThreadLimits, spoiler_text: str) -> int:
+    length = mastodon_length(post, url_length=limits.url_length, spoiler_text=spoiler_text)
+    return length - limits.max_characters
 
 
-def _fits(limits: ThreadLimits, spoiler_text: str, tag_line: str, index: int, digits: int) -> Fits:
-    """Whether a body fits post ``index``, reserving room for its hashtags and numbering."""
-    suffix = 2 + 2 * digits + 1  # "\n\n" + "i/n" at the widest
-    if index == 0 and tag_line:
-        suffix += 2 + grapheme_count(tag_line)
-    budget = limits.max_characters - suffix
-    return lambda body: _length(body, limits, spoiler_text) <= budget
-
-
-def _budgets(
-    limits: ThreadLimits, spoiler_text: str, tag_line: str, digits: int
-) -> Callable[[int], Fits]:
-    return lambda index: _fits(limits, spoiler_text, tag_line, index, digits)
-
-
-def _pack(paragraphs: Sequence[str], fits_post: Callable[[int], Fits]) -> list[str]:
-    posts: list[str] = []
-    current = ""
-    for paragraph in paragraphs:
-        joined = f"{current}\n\n{paragraph}" if current else paragraph
-        if fits_post(len(posts))(joined):
-            current = joined
+def _numbered(
+    paragraphs: list[str], limits: ThreadLimits, spoiler_text: str, tag_line: str
+) -> list[str]:
+    # The post count is at least the text's length over the widest budget: start with its width.
+    rest = _Budget.of(limits, grapheme_count(spoiler_text), tag_line, 1, 0).rest
+    total = _weigh("\n\n".join(paragraphs), limits.url_length)
+    digits, slack = len(str(-(-total // rest))), 0
+    for _attempt in range(_REPACKS * 8):
+        budget = _Budget.of(limits, grapheme_count(spoiler_text), tag_line, digits, slack)
+        posts = _decorate(_Packer(budget, limits.url_length).pack(paragraphs), tag_line)
+        if len(str(len(posts))) > digits:
+            digits += 1
             continue
-        if current:
-            posts.append(current)
-            current = ""
-        for separator, piece in _pieces(
-            paragraph, fits_post(len(posts)), fits_post(len(posts) + 1)
-        ):
-            joined = f"{current}{separator}{piece}" if current else piece
-            if fits_post(len(posts))(joined):
-                current = joined
-            else:
-                posts.append(current)
-                current = piece
-    if current:
-        posts.append(current)
-    return posts
+        over = max(_overflow(post, limits, spoiler_text) for post in posts)
+        if over <= 0:
+            return posts
+        slack += over
+    raise ValueError(_("Der Text lässt sich nicht in Beiträge passender Länge teilen."))
 
 
-def _pieces(paragraph: str, fits_here: Fits, fits_next: Fits) -> Iterator[tuple[str, str]]:
-    """(separator, piece) pairs, each piece small enough for an empty post."""
+@dataclass(frozen=True)
+class _Budget:
+    """Mastodon length a post body may have, by post index: the first also carries the hashtags."""
 
-    def fits(piece: str) -> bool:
-        return fits_here(piece) and fits_next(piece)
+    first: int
+    rest: int
 
-    for level in (_SENTENCE_END, _WHITESPACE):
-        if all(fits(p) for _s, p in _split(paragraph, level)):
-            yield from _split(paragraph, level)
+    @classmethod
+    def of(
+        cls, limits: ThreadLimits, spoiler: int, tag_line: str, digits: int, slack: int
+    ) -> _Budget:
+        rest = limits.max_characters - spoiler - (2 + 2 * digits + 1) - slack  # "\n\n" + "i/n"
+        first = rest - (2 + grapheme_count(tag_line) if tag_line else 0)
+        return cls(first=first, rest=rest)
+
+    def at(self, index: int) -> int:
+        return self.first if index == 0 else self.rest
+
+
+@dataclass
+class _Packer:
+    """Fills posts greedily, keeping the running Mastodon length of the post being filled."""
+
+    budget: _Budget
+    url_length: int
+    posts: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+
+    def pack(self, paragraphs: Sequence[str]) -> list[str]:
+        for paragraph in paragraphs:
+            self._add_paragraph(paragraph)
+        self._flush()
+        return self.posts
+
+    def _room(self) -> int:
+        return self.budget.at(len(self.posts)) - self.length
+
+    def _add_paragraph(self, paragraph: str) -> None:
+        length = _weigh(paragraph, self.url_length)
+        if self.parts and 2 + length <= self._room():
+            self._append("\n\n", paragraph, length)
             return
-    for separator, word in _split(paragraph, _WHITESPACE):
-        if fits(word):
-            yield separator, word
+        if not self.parts and length <= self._room():
+            self._append("", paragraph, length)
+            return
+        self._flush()
+        index = len(self.posts)
+        limit = min(self.budget.at(index), self.budget.at(index + 1))
+        for separator, piece, piece_length in _pieces(paragraph, limit, self.url_length):
+            self._add_piece(separator, piece, piece_length)
+
+    def _add_piece(self, separator: str, piece: str, length: int) -> None:
+        if not self.parts:
+            self._append("", piece, length)
+        elif grapheme_count(separator) + length <= self._room():
+            self._append(separator, piece, length)
         else:
-            chunks = _chunks(word, fits)
-            yield separator, chunks[0]
-            yield from (("", chunk) for chunk in chunks[1:])
+            self._flush()
+            self._append("", piece, length)
+
+    def _append(self, separator: str, piece: str, length: int) -> None:
+        self.parts += [separator, piece]
+        self.length += grapheme_count(separator) + length
+
+    def _flush(self) -> None:
+        if self.parts:
+            self.posts.append("".join(self.parts))
+        self.parts, self.length = [], 0
+
+
+def _weigh(text: str, url_length: int) -> int:
+    """Mastodon length of ``text`` alone (without content warning)."""
+    return mastodon_length(text, url_length=url_length)
+
+
+def _pieces(paragraph: str, limit: int, url_length: int) -> Iterator[Piece]:
+    """(separator, piece, length) triples, each piece short enough for an empty post."""
+    for level in (_SENTENCE_END, _WHITESPACE):
+        pieces = [(s, p, _weigh(p, url_length)) for s, p in _split(paragraph, level)]
+        if all(length <= limit for _s, _p, length in pieces):
+            yield from pieces
+            return
+    for separator, word, length in pieces:
+        if length <= limit:
+            yield separator, word, length
+            continue
+        chunks = _chunks(word, limit, url_length)
+        yield separator, *chunks[0]
+        yield from (("", *chunk) for chunk in chunks[1:])
 
 
 def _split(text: str, pattern: regex.Pattern[str]) -> list[tuple[str, str]]:
@@ -146,29 +217,34 @@ def _split(text: str, pattern: regex.Pattern[str]) -> list[tuple[str, str]]:
     return [(separator, piece) for separator, piece in pieces if piece]
 
 
-def _chunks(word: str, fits: Fits) -> list[str]:
-    """Cut an over-long word at grapheme boundaries, keeping URLs whole."""
+def _chunks(word: str, limit: int, url_length: int) -> list[tuple[str, int]]:
+    """Cut an over-long word at grapheme boundaries, keeping URLs and mentions whole."""
     if _HASHTAG.fullmatch(word):
-        raise ValueError(f"hashtag too long for one post: {word[:40]}…")
-    chunks: list[str] = []
-    current = ""
-    for unit in _atoms(word):
-        if current and not fits(current + unit):
-            chunks.append(current)
-            current = ""
-        current += unit
+        raise ValueError(
+            _("Der Hashtag ist zu lang für einen Beitrag: {tag}…").format(tag=word[:40])
+        )
+    chunks: list[tuple[str, int]] = []
+    current: list[str] = []
+    length = 0
+    for atom, atom_length in _atoms(word, url_length):
+        if current and length + atom_length > limit:
+            chunks.append(("".join(current), length))
+            current, length = [], 0
+        current.append(atom)
+        length += atom_length
     if current:
-        chunks.append(current)
+        chunks.append(("".join(current), length))
     return chunks
 
 
-def _atoms(word: str) -> Iterator[str]:
+def _atoms(word: str, url_length: int) -> Iterator[tuple[str, int]]:
+    """Graphemes (length 1) and whole URL or mention entities (their counted length)."""
     position = 0
-    for match in URL_RE.finditer(word):
-        yield from graphemes(word[position : match.start()])
-        yield match.group(0)
-        position = match.end()
-    yield from graphemes(word[position:])
+    for entity in entities(word):
+        yield from ((g, 1) for g in graphemes(word[position : entity.start]))
+        yield word[entity.start : entity.end], grapheme_count(entity.counted_as(url_length))
+        position = entity.end
+    yield from ((g, 1) for g in graphemes(word[position:]))
 
 
 def _decorate(bodies: list[str], tag_line: str) -> list[str]:
