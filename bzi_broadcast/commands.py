@@ -25,6 +25,7 @@ from bzi_broadcast.delivery.outbox import Counts, Outbox
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
+from bzi_broadcast.staff import media
 from bzi_broadcast.staff.accounts import Role, add_user, create_api_token, user_by_email
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
@@ -67,10 +68,16 @@ def run_queue(args: argparse.Namespace) -> int:
     at = _parse_time(args.at) if args.at else None
     if args.now:
         at = datetime.now().astimezone()
+    public_url = settings_of(args).email.public_url
 
     async def work(engine: AsyncEngine) -> int:
+        # The image file is read now, beside the announcement file, and stored like an upload:
+        # the service that sends it later may run anywhere, in any directory.
+        stored = await media.adopt_file_image(
+            engine, announcement, file=args.file, public_url=public_url
+        )
         return await control.queue(
-            Announcements(engine), announcement, at=at, actor=ACTOR, allow_past=args.now
+            Announcements(engine), stored, at=at, actor=ACTOR, allow_past=args.now
         )
 
     print(with_engine(args, work))

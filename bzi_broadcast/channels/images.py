@@ -13,14 +13,20 @@ from bzi_broadcast.errors import PermanentError
 from bzi_broadcast.i18n import gettext as _
 
 
-def read_local_image(root: Path, src: str | Path) -> bytes:
-    """The bytes of ``src`` below ``root``; ``PermanentError`` when outside it or unreadable."""
+def image_path(root: Path, src: str | Path) -> Path | None:
+    """``src`` resolved below ``root`` (links followed); ``None`` when it leads outside."""
     base = root.resolve()
     path = (base / src).resolve()
-    if not path.is_relative_to(base):
+    return path if path.is_relative_to(base) else None
+
+
+def read_local_image(root: Path, src: str | Path) -> bytes:
+    """The bytes of ``src`` below ``root``; ``PermanentError`` when outside it or unreadable."""
+    path = image_path(root, src)
+    if path is None:
         raise PermanentError(
             _("Bild {image} liegt außerhalb des Bildverzeichnisses {root}").format(
-                image=src, root=base
+                image=src, root=root.resolve()
             )
         )
     try:

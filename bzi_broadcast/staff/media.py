@@ -4,6 +4,10 @@ The type and the dimensions come from the file's own header (its magic number, t
 format keeps width and height), never from its name or the Content-Type the browser sent: a text
 file renamed ``.png`` is refused. Each image is stored once (deduplicated by SHA-256) and served
 publicly at ``/medien/{id}``, so mail clients, Mastodon and Telegram can fetch it.
+
+An announcement file's image (``image.src`` relative to the file) joins the store when the file is
+queued, exactly like an upload: delivery then finds it at its ``/medien/`` address, whatever the
+service's working directory.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.channels.images import image_path
+from bzi_broadcast.content.model import Announcement
+from bzi_broadcast.errors import BroadcastError, ContentError, Problem
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.accounts import User
@@ -155,6 +162,54 @@ async def store(engine: AsyncEngine, data: bytes, user: User | None) -> StoredIm
     stored = await _by_sha256(engine, digest)
     assert stored is not None
     return stored
+
+
+async def adopt_file_image(
+    engine: AsyncEngine, announcement: Announcement, *, file: Path, public_url: str
+) -> Announcement:
+    """Store the image that announcement ``file`` names relative to itself and point the
+    announcement at its ``/medien/`` address, as the editor does with an upload. Width and height
+    come from the image unless the file gives them."""
+    image = announcement.image
+    if image is None or image.is_remote:
+        return announcement
+    stored = await store(engine, read_file_image(file, image.src), user=None)
+    changes: dict[str, object] = {"src": f"{public_url.rstrip('/')}/medien/{stored.id}"}
+    if image.width is None and image.height is None:
+        changes |= {"width": stored.width, "height": stored.height}
+    return announcement.model_copy(update={"image": image.model_copy(update=changes)})
+
+
+def read_file_image(file: Path, src: str) -> bytes:
+    """The bytes of image ``src``, a path relative to announcement ``file`` that stays inside its
+    directory, checked to be an image; ``ContentError`` naming ``image.src`` and the image."""
+    directory = file.resolve().parent
+    if Path(src).is_absolute():
+        message = _(
+            "Bild {image}: erwartet wird ein Pfad relativ zur Ankündigungsdatei oder eine "
+            "http(s)-Adresse"
+        )
+        raise _image_problem(file, message.format(image=src))
+    path = image_path(directory, src)
+    if path is None:
+        message = _("Bild {image} liegt außerhalb des Verzeichnisses der Ankündigung ({root})")
+        raise _image_problem(file, message.format(image=src, root=directory))
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)  # one byte more than allowed is enough to refuse
+    except OSError as exc:
+        message = _("Bild {image} nicht lesbar: {reason}")
+        raise _image_problem(file, message.format(image=path, reason=exc.strerror)) from exc
+    try:
+        sniff(data)
+    except ImageRefused as exc:
+        message = _("Bild {image}: {reason}")
+        raise _image_problem(file, message.format(image=path, reason=exc.message)) from exc
+    return data
+
+
+def _image_problem(file: Path, message: str) -> ContentError:
+    return ContentError([Problem(path="image.src", message=message)], source=str(file))
 
 
 async def fetch(engine: AsyncEngine, media_id: int) -> StoredImage | None:
