@@ -140,9 +140,10 @@ class MastodonChannel:
             posts = self._renderer.mastodon(prepared, limits.thread).posts
         except ValueError as exc:  # e.g. a hashtag longer than the instance allows in a post
             raise PermanentError(f"Mastodon: {exc}") from exc
-        parts = await self._parts.plan(delivery.id, len(posts))
-        todo = [number for number in range(len(posts)) if not parts[number].posted]
+        known = await self._parts.of(delivery.id)
+        todo = [n for n in range(len(posts)) if n not in known or not known[n].posted]
         images = await self._preflight(posts, todo, limits)
+        parts = await self._parts.plan(delivery.id, len(posts))
         parent: str | None = None
         first_url: str | None = None
         for number, post in enumerate(posts):

@@ -5,7 +5,9 @@ member; ``…/versand.json`` gives the same figures to ``/static/dashboard.js``,
 bars every two seconds while sending (the page works without it). Publishers re-queue the failed
 deliveries and pause or resume a channel; each action is audited. A pause is written to
 ``channel_state``: the running service's workers adopt it at their next sweep
-(``delivery.sweep_interval``) and hand back what they had claimed but not yet sent.
+(``delivery.sweep_interval``) and hand back what they had claimed but not yet sent. A Mastodon
+thread that stopped for good half-way is shown as incomplete, with links to the posted parts and
+two ways out for publishers: publish the rest, or delete what was posted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,12 +26,14 @@ from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.delivery.progress import CHANNELS, ChannelProgress, Timeline
 from bzi_broadcast.i18n import N_, ngettext
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.staff import workflow
 from bzi_broadcast.staff.accounts import Role, User
-from bzi_broadcast.staff.workflow import audit, status_label
+from bzi_broadcast.staff.workflow import NotAllowed, Removal, StatusRemover, audit, status_label
 from bzi_broadcast.store.announcements import TransitionError, utcnow
+from bzi_broadcast.store.parts import Parts, Thread
 from bzi_broadcast.store.schema import announcements
 from bzi_broadcast.web.admin import require, staff_page
-from bzi_broadcast.web.app import check_csrf, client_ip, context_of
+from bzi_broadcast.web.app import CONTEXT, check_csrf, client_ip, context_of
 from bzi_broadcast.web.charts import Chart, Series, legend, svg
 from bzi_broadcast.web.display import local_time, mask_recipient
 
@@ -43,6 +48,7 @@ STATE_LABELS = {
     "cancelled": N_("abgebrochen"),
 }
 RETRYABLE = (S.SENDING, S.PARTIALLY_FAILED)
+REMOVER = "mastodon_remover"  # key in the web context's extras: the channel staff delete with
 
 
 def setup(app: web.Application) -> None:
@@ -52,17 +58,24 @@ def setup(app: web.Application) -> None:
     app.router.add_post(base + "/wiederholen", _retry_failed)
     app.router.add_post(base + "/pausieren", _pause)
     app.router.add_post(base + "/fortsetzen", _resume)
+    app.router.add_post(base + "/thread/rest", _publish_rest)
+    app.router.add_post(base + "/thread/loeschen", _delete_published)
+    app.on_cleanup.append(_close_remover)
 
 
 async def _dashboard(request: web.Request) -> web.Response:
     user = await require(request)
+    return await _show(request, user, _notice(request))
+
+
+async def _show(request: web.Request, user: User, notice: str | None) -> web.Response:
     announcement_id = int(request.match_info["id"])
     async with context_of(request).engine.connect() as conn:
         row = await _announcement(conn, announcement_id)
         channels = await _channels(request, conn, row)
         reasons, latest = await progress.failures(conn, announcement_id)
         timeline = await progress.timeline(conn, announcement_id)
-        thread = await progress.thread(conn, announcement_id)
+    threads = await Parts(context_of(request).engine).threads(announcement_id)
     chart = _chart(timeline)
     return staff_page(
         request,
@@ -90,8 +103,14 @@ async def _dashboard(request: web.Request) -> web.Response:
         chart_channels=[_channel_label(name) for name in sorted(timeline.counts)]
         if timeline
         else [],
-        thread=[(part.part + 1, _web_url(part.url), part.remote_id or "") for part in thread],
-        notice=_notice(request),
+        thread=[
+            (part.part + 1, _web_url(part.url), part.remote_id or "")
+            for t in threads
+            for part in t.posted
+        ],
+        incomplete=[_incomplete_view(t) for t in threads if t.incomplete],
+        may_delete=context_of(request).settings.mastodon.enabled,
+        notice=notice,
         live=row.status in (S.SCHEDULED, S.SENDING),
     )
 
@@ -148,6 +167,94 @@ async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
     await _audit(request, user, action, {"channel": channel, "id": announcement_id})
     outcome = "pausiert" if paused else "fortgesetzt"
     raise web.HTTPSeeOther(f"{_url(announcement_id)}?meldung={outcome}&kanal={channel}")
+
+
+async def _publish_rest(request: web.Request) -> web.Response:
+    user, announcement_id, form = await _action(request)
+    engine = context_of(request).engine
+    delivery_id = _delivery_id(form)
+    try:
+        await workflow.publish_rest(
+            engine, announcement_id, delivery_id, user, ip=client_ip(request)
+        )
+    except NotAllowed as exc:
+        raise web.HTTPForbidden(text=exc.message) from None
+    except TransitionError as exc:
+        raise web.HTTPConflict(text=exc.message) from None
+    raise web.HTTPSeeOther(f"{_url(announcement_id)}?meldung=thread-fortgesetzt")
+
+
+async def _delete_published(request: web.Request) -> web.Response:
+    """Delete the posted parts; when one fails, the page says which and why (no redirect: the
+    reasons are the server's words, which never travel in a URL)."""
+    user, announcement_id, form = await _action(request)
+    engine = context_of(request).engine
+    try:
+        removal = await workflow.delete_published(
+            engine,
+            announcement_id,
+            _delivery_id(form),
+            user,
+            _remover(request),
+            ip=client_ip(request),
+        )
+    except NotAllowed as exc:
+        raise web.HTTPForbidden(text=exc.message) from None
+    except TransitionError as exc:
+        raise web.HTTPConflict(text=exc.message) from None
+    if removal.failed:
+        return await _show(request, user, _removal_notice(removal))
+    count = len(removal.deleted)
+    raise web.HTTPSeeOther(f"{_url(announcement_id)}?meldung=thread-geloescht&anzahl={count}")
+
+
+def _delivery_id(form: MultiDictProxy[Any]) -> int:
+    raw = str(form.get("delivery", ""))
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(text=_("Welche Zustellung? Die Angabe fehlt."))
+    return int(raw)
+
+
+def _remover(request: web.Request) -> StatusRemover:
+    """The Mastodon channel staff delete with, made on first use (closed with the app)."""
+    context = context_of(request)
+    if not context.settings.mastodon.enabled:
+        raise web.HTTPConflict(text=_("Mastodon ist nicht eingerichtet."))
+    remover: StatusRemover | None = context.extras.get(REMOVER)
+    if remover is None:
+        # Imported here: the service imports this module (for its routes).
+        from bzi_broadcast.service import mastodon_channel
+
+        remover = context.extras[REMOVER] = mastodon_channel(
+            context.settings, context.renderer, context.engine
+        )
+    return remover
+
+
+async def _close_remover(app: web.Application) -> None:
+    channel = app[CONTEXT].extras.pop(REMOVER, None)
+    if channel is not None:
+        await channel.aclose()
+
+
+def _incomplete_view(thread: Thread) -> dict[str, Any]:
+    return {
+        "delivery_id": thread.delivery_id,
+        "headline": _("Thread unvollständig ({posted} von {total} veröffentlicht)").format(
+            posted=len(thread.posted), total=thread.total
+        ),
+    }
+
+
+def _removal_notice(removal: Removal) -> str:
+    deleted = ngettext("{n} Teil gelöscht.", "{n} Teile gelöscht.", len(removal.deleted)).format(
+        n=len(removal.deleted)
+    )
+    failed = "; ".join(
+        _("Teil {n} nicht gelöscht: {reason}").format(n=n, reason=reason)
+        for n, reason in removal.failed
+    )
+    return f"{deleted} {failed}"
 
 
 async def _action(request: web.Request) -> tuple[User, int, Any]:
@@ -326,6 +433,16 @@ def _notice(request: web.Request) -> str | None:
             else _("{channel} sendet wieder.")
         )
         return message.format(channel=_channel_label(channel))
+    if kind == "thread-fortgesetzt":
+        return _("Der Rest des Mastodon-Threads wird veröffentlicht.")
+    if kind == "thread-geloescht":
+        raw = request.query.get("anzahl", "")
+        count = int(raw) if raw.isdigit() else 0
+        return ngettext(
+            "{n} veröffentlichter Teil des Threads wurde gelöscht.",
+            "{n} veröffentlichte Teile des Threads wurden gelöscht.",
+            count,
+        ).format(n=count)
     return None
 
 
