@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -111,3 +112,68 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
             await conn.execute(table.delete())
     yield engine
     await engine.dispose()
+
+
+# --- mastodon-mock: a Mastodon API server nobody on this project wrote -------------------------
+
+MASTODON_MOCK_TOKEN = "mock_token"  # the token mastodon-mock seeds for its user "testuser"
+
+
+@pytest.fixture
+async def mastodon_mock(tmp_path: Path) -> AsyncIterator[str]:
+    """``mastodon-mock`` for one test; yields its base URL (see :func:`run_mastodon_mock`)."""
+    async with run_mastodon_mock(tmp_path / "mastodon-mock") as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def run_mastodon_mock(workdir: Path) -> AsyncIterator[str]:
+    """``mastodon-mock`` (pinned in the dev dependencies) run unmodified as a subprocess on a free
+    port, with its in-memory SQLite store; yields its base URL and kills it at the end.
+
+    Run from an empty directory so it reads no configuration file (it would look for
+    ``.mastodon_mock.toml`` or ``[tool.mastodon_mock]`` in ``pyproject.toml``): its defaults seed
+    the account "testuser" with the token ``mock_token`` and enable fault injection.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / "server.log").open("wb")
+    command = [sys.executable, "-m", "mastodon_mock", "serve", "--in-memory"]
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"mastodon-mock exited: {(workdir / 'server.log').read_text()}")
+        try:
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/api/v1/instance") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        async with asyncio.timeout(60):
+            while not await ready():
+                await asyncio.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()

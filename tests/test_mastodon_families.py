@@ -87,7 +87,7 @@ async def family_server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[s
     name: str = request.param
     want = EXPECTED[name]
     api = MastodonServer(
-        token="secret",  # noqa: S106 - the local server's test token
+        token="secret",
         instance_document=fixture(name),
         has_instance_v2=name.endswith("-v2"),
         max_characters=want.max_characters,
@@ -104,7 +104,7 @@ async def family_server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[s
 def client(url: str) -> Mastodon:
     """Built as service.py builds it without ``server_version``: no version assumed."""
     return Mastodon(
-        access_token="secret",  # noqa: S106
+        access_token="secret",
         api_base_url=url,
         ratelimit_method="throw",
         version_check_mode="none",
@@ -188,7 +188,9 @@ def test_null_limits_get_the_defaults_of_the_detected_version() -> None:
     document["configuration"]["media_attachments"]["image_size_limit"] = None
     limits = InstanceLimits.parse(document)
     assert limits.thread.max_characters == 500
-    assert limits.image_size_limit == family_defaults(detect(document)[0], (3, 5, 3)).image_size_limit
+    assert (
+        limits.image_size_limit == family_defaults(detect(document)[0], (3, 5, 3)).image_size_limit
+    )
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ class Fault:
     drop: bool = False  # close the connection without an answer (the request may have worked)
     after: bool = False  # do the work first, then fail or drop (a lost response)
     on_call: int | None = None  # fire on this call of the route (1-based); None: the next call
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. (("X-RateLimit-Reset", "…"),) on a 429
 
 
 @dataclass
@@ -137,7 +138,9 @@ class MastodonServer:
             await asyncio.sleep(fault.delay)
         if fault.drop and request.transport is not None:
             request.transport.close()
-        return self._json({"error": fault.error}, fault.status)
+        response = self._json({"error": fault.error}, fault.status)
+        response.headers.update(dict(fault.headers))
+        return response
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization", "") == f"Bearer {self.token}"
