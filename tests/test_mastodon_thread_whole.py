@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -22,6 +23,8 @@ from pydantic import SecretStr
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast.channels import mastodon as mastodon_channel
+from bzi_broadcast.channels.images import read_local_image
 from bzi_broadcast.channels.mastodon import MastodonChannel
 from bzi_broadcast.content import Announcement, parse_announcement
 from bzi_broadcast.content.model import Visibility
@@ -42,6 +45,7 @@ from .test_admin import CSRF
 from .test_dashboard import _as, _page, _post, _staff, _status_is
 from .test_delivery import serving, settings_for, wait_until
 
+INSTANCES = Path(__file__).parent / "fixtures" / "mastodon_instances"
 STATUSES = "/api/v1/statuses"
 REFUSED = Fault(status=422, error="Validation failed: Text character limit of 500 exceeded")
 
@@ -95,7 +99,9 @@ def post(text: str = "Ein Teil.", **fields: Any) -> MastodonPost:
 
 
 @contextlib.asynccontextmanager
-async def channel_for(base_url: str, renderer: Any, engine: AsyncEngine) -> AsyncIterator[Any]:
+async def channel_for(
+    base_url: str, renderer: Any, engine: AsyncEngine, image_root: Path | None = None
+) -> AsyncIterator[Any]:
     client = Mastodon(
         access_token="secret",
         api_base_url=base_url,
@@ -104,7 +110,9 @@ async def channel_for(base_url: str, renderer: Any, engine: AsyncEngine) -> Asyn
         mastodon_version="4.3.0",
         request_timeout=10,
     )
-    channel = MastodonChannel(client, cast(Renderer, renderer), Parts(engine))
+    channel = MastodonChannel(
+        client, cast(Renderer, renderer), Parts(engine), image_root=image_root
+    )
     try:
         yield channel
     finally:
@@ -171,6 +179,74 @@ async def test_a_part_the_instance_would_refuse_fails_before_anything_is_posted(
     assert not [c for c in api.calls if c[1] == "/api/v2/media"]  # no image uploaded either
     assert api.statuses == {}
     assert await Parts(engine).of(delivery.id) == {}  # nothing begun
+
+
+def small_instance(image_size_limit: int) -> dict[str, Any]:
+    """Mastodon 4.3's instance document with a small image limit, PNG only."""
+    document: dict[str, Any] = json.loads((INSTANCES / "mastodon-4.3-v2.json").read_text())
+    media = document["configuration"]["media_attachments"]
+    media.update(image_size_limit=image_size_limit, supported_mime_types=["image/png"])
+    return document
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "message"),
+    [
+        ("gross.png", 1001, "Mastodon: Teil 2 von 2: Bild gross.png ist größer als 1000 Bytes"),
+        (
+            "foto.jpg",
+            10,
+            "Mastodon: Teil 2 von 2: Bild foto.jpg hat den Typ image/jpeg, den die Instanz "
+            "nicht annimmt",
+        ),
+    ],
+)
+async def test_an_image_the_instance_would_refuse_fails_before_anything_is_posted(
+    engine: AsyncEngine,
+    mastodon_api: tuple[MastodonServer, str],
+    tmp_path: Path,
+    name: str,
+    size: int,
+    message: str,
+) -> None:
+    api, url = mastodon_api
+    api.instance_document = small_instance(1000)
+    (tmp_path / name).write_bytes(b"\x89PNG" + b"\x00" * (size - 4))
+    posts = [post(), post(media=(name,), media_description="Podium")]
+    delivery = await a_delivery(engine, five_parts())
+    async with channel_for(url, FixedPosts(posts), engine, image_root=tmp_path) as channel:
+        with pytest.raises(PermanentError) as refused:
+            await channel.send(five_parts(), delivery)
+    assert refused.value.message == message
+    assert posts_to_statuses(api) == []
+    assert not [c for c in api.calls if c[1] == "/api/v2/media"]
+
+
+async def test_an_image_is_read_once_and_uploaded_from_those_bytes(
+    engine: AsyncEngine,
+    mastodon_api: tuple[MastodonServer, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api, url = mastodon_api
+    api.instance_document = small_instance(1000)
+    png = b"\x89PNG" + b"\x01" * 200
+    (tmp_path / "podium.png").write_bytes(png)
+    reads: list[str] = []
+
+    def counted(root: Path, src: str) -> bytes:
+        reads.append(src)
+        return read_local_image(root, src)
+
+    monkeypatch.setattr(mastodon_channel, "read_local_image", counted)
+    posts = [post(media=("podium.png",), media_description="Podium"), post()]
+    delivery = await a_delivery(engine, five_parts())
+    async with channel_for(url, FixedPosts(posts), engine, image_root=tmp_path) as channel:
+        await channel.send(five_parts(), delivery)
+    assert reads == ["podium.png"]
+    first = api.thread()[0]
+    assert api.media[first["media_attachments"][0]["id"]].content == png
+    assert first["media_attachments"][0]["description"] == "Podium"
 
 
 async def test_a_part_tried_over_55_minutes_ago_that_the_server_has_is_adopted(
