@@ -102,12 +102,13 @@ def _numbered(
     paragraphs: list[str], limits: ThreadLimits, spoiler_text: str, tag_line: str
 ) -> list[str]:
     # The post count is at least the text's length over the widest budget: start with its width.
+    weigh = _Weigher(limits.url_length)
     rest = _Budget.of(limits, grapheme_count(spoiler_text), tag_line, 1, 0).rest
-    total = _weigh("\n\n".join(paragraphs), limits.url_length)
+    total = weigh("\n\n".join(paragraphs))
     digits, slack = len(str(-(-total // rest))), 0
     for _attempt in range(_REPACKS * 8):
         budget = _Budget.of(limits, grapheme_count(spoiler_text), tag_line, digits, slack)
-        posts = _decorate(_Packer(budget, limits.url_length).pack(paragraphs), tag_line)
+        posts = _decorate(_Packer(budget, weigh).pack(paragraphs), tag_line)
         if len(str(len(posts))) > digits:
             digits += 1
             continue
@@ -142,7 +143,7 @@ class _Packer:
     """Fills posts greedily, keeping the running Mastodon length of the post being filled."""
 
     budget: _Budget
-    url_length: int
+    weigh: _Weigher
     posts: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     length: int = 0
@@ -157,7 +158,7 @@ class _Packer:
         return self.budget.at(len(self.posts)) - self.length
 
     def _add_paragraph(self, paragraph: str) -> None:
-        length = _weigh(paragraph, self.url_length)
+        length = self.weigh(paragraph)
         if self.parts and 2 + length <= self._room():
             self._append("\n\n", paragraph, length)
             return
@@ -167,7 +168,7 @@ class _Packer:
         self._flush()
         index = len(self.posts)
         limit = min(self.budget.at(index), self.budget.at(index + 1))
-        for separator, piece, piece_length in _pieces(paragraph, limit, self.url_length):
+        for separator, piece, piece_length in _pieces(paragraph, limit, self.weigh):
             self._add_piece(separator, piece, piece_length)
 
     def _add_piece(self, separator: str, piece: str, length: int) -> None:
@@ -189,15 +190,24 @@ class _Packer:
         self.parts, self.length = [], 0
 
 
-def _weigh(text: str, url_length: int) -> int:
-    """Mastodon length of ``text`` alone (without content warning)."""
-    return mastodon_length(text, url_length=url_length)
+@dataclass
+class _Weigher:
+    """Mastodon length of a text alone (without content warning), remembered for one split: a
+    long paragraph is weighed whole, as its only sentence and as its only word."""
+
+    url_length: int
+    known: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, text: str) -> int:
+        if text not in self.known:
+            self.known[text] = mastodon_length(text, url_length=self.url_length)
+        return self.known[text]
 
 
-def _pieces(paragraph: str, limit: int, url_length: int) -> Iterator[Piece]:
+def _pieces(paragraph: str, limit: int, weigh: _Weigher) -> Iterator[Piece]:
     """(separator, piece, length) triples, each piece short enough for an empty post."""
     for level in (_SENTENCE_END, _WHITESPACE):
-        pieces = [(s, p, _weigh(p, url_length)) for s, p in _split(paragraph, level)]
+        pieces = [(s, p, weigh(p)) for s, p in _split(paragraph, level)]
         if all(length <= limit for _s, _p, length in pieces):
             yield from pieces
             return
@@ -205,7 +215,7 @@ def _pieces(paragraph: str, limit: int, url_length: int) -> Iterator[Piece]:
         if length <= limit:
             yield separator, word, length
             continue
-        chunks = _chunks(word, limit, url_length)
+        chunks = _chunks(word, limit, weigh.url_length)
         yield separator, *chunks[0]
         yield from (("", *chunk) for chunk in chunks[1:])
 
@@ -223,28 +233,50 @@ def _chunks(word: str, limit: int, url_length: int) -> list[tuple[str, int]]:
         raise ValueError(
             _("Der Hashtag ist zu lang für einen Beitrag: {tag}…").format(tag=word[:40])
         )
-    chunks: list[tuple[str, int]] = []
-    current: list[str] = []
-    length = 0
-    for atom, atom_length in _atoms(word, url_length):
-        if current and length + atom_length > limit:
-            chunks.append(("".join(current), length))
-            current, length = [], 0
-        current.append(atom)
-        length += atom_length
-    if current:
-        chunks.append(("".join(current), length))
-    return chunks
-
-
-def _atoms(word: str, url_length: int) -> Iterator[tuple[str, int]]:
-    """Graphemes (length 1) and whole URL or mention entities (their counted length)."""
+    chunks = _Chunks(limit)
     position = 0
     for entity in entities(word):
-        yield from ((g, 1) for g in graphemes(word[position : entity.start]))
-        yield word[entity.start : entity.end], grapheme_count(entity.counted_as(url_length))
+        chunks.add_graphemes(graphemes(word[position : entity.start]))
+        chunks.add(word[entity.start : entity.end], grapheme_count(entity.counted_as(url_length)))
         position = entity.end
-    yield from ((g, 1) for g in graphemes(word[position:]))
+    chunks.add_graphemes(graphemes(word[position:]))
+    return chunks.done()
+
+
+@dataclass
+class _Chunks:
+    """Greedy cutting into pieces of at most ``limit``; a run of graphemes is cut by slicing."""
+
+    limit: int
+    chunks: list[tuple[str, int]] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+
+    def add(self, atom: str, length: int) -> None:
+        if self.parts and self.length + length > self.limit:
+            self._flush()
+        self.parts.append(atom)
+        self.length += length
+
+    def add_graphemes(self, run: list[str]) -> None:
+        taken = 0
+        while taken < len(run):
+            if self.parts and self.length >= self.limit:
+                self._flush()
+            # At least one grapheme, even into an empty chunk over a tiny limit (as add() does).
+            piece = run[taken : taken + max(self.limit - self.length, 1)]
+            self.parts.append("".join(piece))
+            self.length += len(piece)
+            taken += len(piece)
+
+    def done(self) -> list[tuple[str, int]]:
+        self._flush()
+        return self.chunks
+
+    def _flush(self) -> None:
+        if self.parts:
+            self.chunks.append(("".join(self.parts), self.length))
+        self.parts, self.length = [], 0
 
 
 def _decorate(bodies: list[str], tag_line: str) -> list[str]:
