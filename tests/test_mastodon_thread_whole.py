@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -45,6 +45,7 @@ from .test_admin import CSRF
 from .test_dashboard import _as, _page, _post, _staff, _status_is
 from .test_delivery import serving, settings_for, wait_until
 
+T = TypeVar("T")
 INSTANCES = Path(__file__).parent / "fixtures" / "mastodon_instances"
 STATUSES = "/api/v1/statuses"
 REFUSED = Fault(status=422, error="Validation failed: Text character limit of 500 exceeded")
@@ -85,6 +86,9 @@ class FixedPosts:
         return MastodonRendition(
             posts=self._posts, max_characters=limits.max_characters, url_length=limits.url_length
         )
+
+    async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        return work(*args)
 
 
 def post(text: str = "Ein Teil.", **fields: Any) -> MastodonPost:

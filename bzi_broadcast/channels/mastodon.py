@@ -137,9 +137,12 @@ class MastodonChannel:
     async def send(self, prepared: Announcement, delivery: Claimed) -> Receipt:
         limits = await self.limits()
         try:
-            posts = self._renderer.mastodon(prepared, limits.thread).posts
+            rendition = await self._renderer.off_loop(
+                self._renderer.mastodon, prepared, limits.thread
+            )
         except ValueError as exc:  # e.g. a hashtag longer than the instance allows in a post
             raise PermanentError(f"Mastodon: {exc}") from exc
+        posts = rendition.posts
         known = await self._parts.of(delivery.id)
         todo = [n for n in range(len(posts)) if n not in known or not known[n].posted]
         images = await self._preflight(posts, todo, limits)
