@@ -193,10 +193,8 @@ class MastodonChannel:
     def _problem(self, post: MastodonPost, limits: InstanceLimits) -> str | None:
         """Why the instance would refuse this part, in words; None if it would not."""
         most = limits.thread.max_characters
-        warning, warning_limit = (
-            grapheme_count(post.spoiler_text),
-            self._content_warning_limit(most),
-        )
+        warning = grapheme_count(post.spoiler_text)
+        warning_limit = int(most * self._content_warning_share)
         length = mastodon_length(
             post.text, url_length=limits.thread.url_length, spoiler_text=post.spoiler_text
         )
@@ -216,9 +214,6 @@ class MastodonChannel:
                 length=description, limit=limits.description_limit
             )
         return None
-
-    def _content_warning_limit(self, max_characters: int) -> int:
-        return int(max_characters * self._content_warning_share)
 
     @staticmethod
     def _refuse(number: int, total: int, problem: str | None) -> None:
