@@ -360,7 +360,7 @@ async def _incomplete_thread(engine: AsyncEngine, announcement_id: int, delivery
     for thread in await Parts(engine).threads(announcement_id):
         if thread.delivery_id == delivery_id and thread.incomplete:
             return thread
-    raise TransitionError(_("Dieser Mastodon-Thread ist nicht unvollständig."))
+    raise TransitionError(_("Dieser Mastodon-Thread ist nicht (mehr) unvollständig."))
 
 
 async def audit(
