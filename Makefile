@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.email_fanout
 	$(BIN)/python -m bench.telegram_fanout
 	$(BIN)/python -m bench.preview
+	$(BIN)/python -m bench.mastodon_split
 
 catalogs: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -k _ -k gettext -k ngettext:1,2 \
