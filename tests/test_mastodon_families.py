@@ -53,8 +53,8 @@ class Expected:
 
 
 EXPECTED = {
-    # Mastodon: alt text 420 before 4.0 and 1,500 from 4.0 (the field itself only from 4.4).
-    "mastodon-3.5-v1": Expected("mastodon", "3.5.3", 500, 23, 420, 10 * MIB, 4),
+    # Mastodon: alt text 1,500 (MediaAttachment::MAX_DESCRIPTION_LENGTH; in the document from 4.4).
+    "mastodon-3.5-v1": Expected("mastodon", "3.5.3", 500, 23, 1500, 10 * MIB, 4),
     "mastodon-4.0-v2": Expected("mastodon", "4.0.2", 500, 23, 1500, 10 * MIB, 4),
     "mastodon-4.2-v2": Expected("mastodon", "4.2.1", 500, 23, 1500, 16 * MIB, 4),
     "mastodon-4.3-v2": Expected("mastodon", "4.3.0", 500, 23, 1500, 16 * MIB, 4),
@@ -217,3 +217,10 @@ def test_an_unusable_limit_is_a_permanent_error_naming_it(
 def test_a_document_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(PermanentError, match="unbrauchbare Grenzen"):
         InstanceLimits.parse(["not", "an", "instance"])
+
+
+def test_pleromas_octet_stream_means_any_type_and_gotosocials_list_is_kept() -> None:
+    # Pleroma lists only application/octet-stream: it takes every file (instance_view.ex).
+    assert InstanceLimits.parse(fixture("pleroma-2.x-v2")).supported_mime_types == frozenset()
+    gotosocial = InstanceLimits.parse(fixture("gotosocial-0.19-v2"))
+    assert {"image/jpeg", "image/png", "image/webp"} <= gotosocial.supported_mime_types

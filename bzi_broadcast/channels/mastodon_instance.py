@@ -9,8 +9,9 @@ never sends it; Pleroma and Akkoma put their limits at the top level of the v1 d
 but unusable (negative, not a number) fails the delivery with a message that names it.
 
 Defaults, by family (from each project's source or documentation):
-- Mastodon: 500 characters, 23 per URL, 4 attachments; alt text 420 before 4.0, 1,500 from 4.0
-  (``MediaAttachment::MAX_DESCRIPTION_LENGTH``); images 10 MB before 4.2, 16 MB from 4.2.
+- Mastodon: 500 characters, 23 per URL, 4 attachments, alt text 1,500
+  (``MediaAttachment::MAX_DESCRIPTION_LENGTH``, already in 3.x; the document says so from 4.4);
+  images 10 MB (``IMAGE_LIMIT``) before 4.2, 16 MB from 4.2.
 - GoToSocial (``internal/config/defaults.go``, ``internal/typeutils/internaltofrontend.go``):
   5,000 characters, 25 per URL, 6 attachments, alt text 1,500; images 10 MiB before 0.17,
   40 MiB (``media-local-max-size``) from 0.17.
@@ -78,7 +79,7 @@ def family_defaults(family: Family, version: Version) -> Defaults:
     return Defaults(
         max_characters=500,
         url_length=23,
-        description_limit=1500 if version >= (4, 0, 0) else 420,
+        description_limit=1500,
         image_size_limit=16 * MB if version >= (4, 2, 0) else 10 * MB,
         max_media_attachments=4,
     )
