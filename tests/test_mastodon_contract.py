@@ -15,6 +15,14 @@ ISO reset header set explicitly (its default for that header is Unix seconds, wh
 Mastodon does not send; not copied). It cannot lose a response after doing the work (its
 "timeout" fault waits *before* the work), so that test puts a small aiohttp proxy in front of
 either server that forwards the request and then drops the connection instead of answering.
+
+Where mastodon-mock 0.6.1 differs from real Mastodon (noted, not copied into our server): it
+reports version 4.6.0 without ``configuration.media_attachments.description_limit`` (Mastodon has
+it from 4.4), does not check the alt text's length, and answers ``POST /api/v2/media`` with 200
+and a processed attachment every time (Mastodon may answer 202 and process later, which our
+server does). Where our server lacked what the client uses on mastodon-mock and on Mastodon, it
+was added: the synchronous ``POST /api/v1/media`` that Mastodon.py picks for servers reporting a
+version before 3.1.4 (GoToSocial, Pleroma, Akkoma).
 """
 
 from __future__ import annotations
