@@ -152,7 +152,13 @@ def mastodon_channel(
         statuses=(m.statuses_per_3_hours, 3 * 3600.0),
         media=(m.media_per_30_minutes, 1800.0),
     )
-    return MastodonChannel(client, renderer, Parts(engine), budgets=budgets)
+    return MastodonChannel(
+        client,
+        renderer,
+        Parts(engine),
+        budgets=budgets,
+        content_warning_share=m.content_warning_share,
+    )
 
 
 def signer(settings: Settings) -> TokenSigner:
