@@ -14,7 +14,10 @@ Telegram counts UTF-16 code units.
 from __future__ import annotations
 
 import stringprep
-from typing import NamedTuple
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import regex
 
@@ -82,6 +85,17 @@ URL_RE: regex.Pattern[str] = regex.compile(
     rf"(?P<domain>{_DOMAIN})(?::[0-9]+)?(?P<path>/{_PATH}*)?(?:{_QUERY})?)",
     regex.IGNORECASE | regex.MULTILINE,
 )
+# The same regex in parts, for the linear scan below (see _Scan).
+_SCHEME_RE = regex.compile(r"(?:https?|dat|dweb|ipfs|ipns|ssb|gopher|gemini)://", regex.IGNORECASE)
+_PRECEDING_RE = regex.compile(rf"[^A-Z0-9@＠$#＃{_INVALID}]|[{_DIRECTIONAL}]", regex.IGNORECASE)
+_DOMAIN_CHAR_RE = regex.compile(_DOMAIN_CHAR)
+_DOMAIN_RUN_RE = regex.compile(rf"(?:{_DOMAIN_CHAR}|[-_.])+")
+_TLD_RE = regex.compile(
+    rf"{_tlds(GENERIC)}|{_tlds(COUNTRY)}|(?:xn--[0-9a-z]+)", regex.IGNORECASE | regex.MULTILINE
+)
+_REST_RE = regex.compile(
+    rf"(?::[0-9]+)?(?:/{_PATH}*)?(?:{_QUERY})?", regex.IGNORECASE | regex.MULTILINE
+)
 _TCO_RE = regex.compile(r"^https?://t\.co/([a-z0-9]+)", regex.IGNORECASE)
 # A URL entity needs a scheme and contains no ASCII whitespace, so only such tokens are scanned.
 _TOKEN_RE = regex.compile(r"[^ \t\n\r\f\v]+")
@@ -136,27 +150,44 @@ def url_entities(text: str) -> list[Entity]:
 
 def _token_urls(text: str, start: int, end: int) -> list[Entity]:
     # The scan starts one character early: that whitespace is the URL's "preceding character".
+    piece = text[start:end]
     found = []
-    for match in URL_RE.finditer(text[start:end]):
-        entity = _url_entity(match)
+    for match in url_matches(piece):
+        entity = _url_entity(piece, match)
         if entity is not None:
             found.append(Entity(start + entity.start, start + entity.end))
     return found
 
 
-def _url_entity(match: regex.Match[str]) -> Entity | None:
+def url_matches(text: str) -> list[UrlMatch]:
+    """Every match of ``URL_RE`` in the order Ruby's ``text.scan`` yields them, with or without a
+    scheme, in linear time (``URL_RE.finditer`` finds the same, but may take seconds)."""
+    return list(_Scan(text).matches())
+
+
+class UrlMatch(NamedTuple):
+    """One match of URL_RE: the URL's span, whether it has a scheme, the domain's span."""
+
+    start: int
+    end: int
+    scheme: bool
+    domain_start: int
+    domain_end: int
+
+
+def _url_entity(text: str, match: UrlMatch) -> Entity | None:
     """Extractor's checks on one match; scheme-less matches are skipped (but consumed the text)."""
-    url, begin = match.group("url"), match.start("url")
-    if not match.group("protocol"):
+    if not match.scheme:
         return None
+    url = text[match.start : match.end]
     tco = _TCO_RE.match(url)
     if tco:
         if len(tco.group(1)) > MAX_TCO_SLUG_LENGTH:
             return None
         url = tco.group(0)
-    if not _valid_domain(len(url), match.group("domain")):
+    if not _valid_domain(len(url), text[match.domain_start : match.domain_end]):
         return None
-    return Entity(begin, begin + len(url))
+    return Entity(match.start, match.start + len(url))
 
 
 def _valid_domain(url_length: int, domain: str) -> bool:
@@ -169,6 +200,143 @@ def _valid_domain(url_length: int, domain: str) -> bool:
     except UnicodeError:
         return False
     return url_length + max(len(encoded) - len(domain), 0) <= MAX_URL_LENGTH
+
+
+def _tld_trie(names: tuple[str, ...]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for name in names:
+        node = root
+        for char in name.casefold():
+            node = node.setdefault(char, {})
+        node[""] = {}  # a name ends here
+    return root
+
+
+_TLD_TRIE = _tld_trie(GENERIC + COUNTRY)
+
+
+def _may_be_tld(text: str, position: int) -> bool:
+    """A quick superset of _TLD_RE.match: some TLD's case fold starts here (or "xn--")."""
+    if text[position : position + 4].casefold() == "xn--":
+        return True
+    node = _TLD_TRIE
+    for char in text[position:]:
+        for folded in char.casefold():
+            node = node.get(folded, {})
+        if "" in node:
+            return True
+        if not node:
+            return False
+    return False
+
+
+class _Scan:
+    """The matches Ruby's ``text.scan(URL_RE)`` yields, found in linear time.
+
+    Backtracking through URL_RE from every position is quadratic or worse on long runs of
+    letters and dots (2,000 characters of "a.a.a…" took 8 s). The domain part is the costly one,
+    and its outcome from a start position depends only on the first label and the dot ending it:
+    ``SUB* NAME TLD`` with greedy SUB* tries the most labels first, so the domain after a dot is
+    computed once per dot, right to left, and every start reuses it. Port, path and query are
+    matched by the regex itself, from the domain's end, once per match.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.domain_chars = {m.start() for m in _DOMAIN_CHAR_RE.finditer(text)}
+        self.runs = [(m.start(), m.end()) for m in _DOMAIN_RUN_RE.finditer(text)]
+        self.dots = [i for i, char in enumerate(text) if char == "."]
+        self.underscores = [i for i, char in enumerate(text) if char == "_"]
+        self.schemes = {m.start(): m.end() for m in _SCHEME_RE.finditer(text)}
+        self.after_dot: dict[int, int | None] = {}
+        self.tld_ends: dict[int, int | None] = {}
+
+    def matches(self) -> Iterator[UrlMatch]:
+        position = 0
+        for before, start in self._attempts():
+            if before < position:
+                continue
+            match = self._match_at(start)
+            if match is not None:
+                position = match.end
+                yield match
+
+    def _attempts(self) -> list[tuple[int, int]]:
+        """(preceding character, URL start) pairs in the order the regex tries them."""
+        preceding = {m.start() for m in _PRECEDING_RE.finditer(self.text)}
+        starts = sorted(
+            {*self.schemes, *(u for u in self.domain_chars if self._first_dot(u) is not None)}
+        )
+        pairs = [(u - 1, 0, u) for u in starts if u - 1 in preceding]
+        # "^" (a zero-width preceding "character") is tried after a real one at the same place.
+        pairs += [(u, 1, u) for u in starts if u == 0 or self.text[u - 1] == "\n"]
+        return [(before, start) for before, _order, start in sorted(pairs)]
+
+    def _match_at(self, start: int) -> UrlMatch | None:
+        scheme_end = self.schemes.get(start)
+        domain_start = start if scheme_end is None else scheme_end
+        domain_end = self._domain_end(domain_start)
+        if domain_end is None:
+            return None  # with a scheme, a scheme-less try fails too: ":" ends the first label
+        rest = _REST_RE.match(self.text, domain_end)
+        end = rest.end() if rest else domain_end
+        return UrlMatch(start, end, scheme_end is not None, domain_start, domain_end)
+
+    def _domain_end(self, start: int) -> int | None:
+        """``SUB* NAME TLD`` from ``start``: the first label is this start's, the rest is shared."""
+        dot = self._first_dot(start)
+        if start not in self.domain_chars or dot is None:
+            return None
+        sub, name = self._label(start, dot)
+        shared = self._after(dot) if sub else None
+        if shared is not None:
+            return shared
+        return self._tld_end(dot + 1) if name else None
+
+    def _label(self, start: int, dot: int) -> tuple[bool, bool]:
+        """Whether text[start:dot] is a SUB label (letters, "-" and "_" inside) and a NAME label."""
+        chars = self.domain_chars
+        sub = start < dot and start in chars and dot - 1 in chars
+        index = bisect_left(self.underscores, start)
+        name = sub and (index == len(self.underscores) or self.underscores[index] > dot)
+        return sub, name
+
+    def _after(self, dot: int) -> int | None:
+        """Domain end when SUB* continues after ``dot`` (memoised, filled right to left)."""
+        chain: list[int] = []
+        step: int | None = dot
+        while step is not None and step not in self.after_dot:
+            chain.append(step)
+            step = self._first_dot(step + 1)
+        for each in reversed(chain):
+            self.after_dot[each] = self._after_one(each)
+        return self.after_dot[dot]
+
+    def _after_one(self, dot: int) -> int | None:
+        following = self._first_dot(dot + 1)
+        if following is None:
+            return None
+        sub, name = self._label(dot + 1, following)
+        shared = self.after_dot.get(following) if sub else None
+        if shared is not None:
+            return shared
+        return self._tld_end(following + 1) if name else None
+
+    def _tld_end(self, position: int) -> int | None:
+        if position not in self.tld_ends:
+            found = _TLD_RE.match(self.text, position) if _may_be_tld(self.text, position) else None
+            self.tld_ends[position] = found.end() if found else None
+        return self.tld_ends[position]
+
+    def _first_dot(self, position: int) -> int | None:
+        """The first "." at or after ``position`` reachable through domain characters, "-", "_"."""
+        run = bisect_right(self.runs, (position, len(self.text) + 1)) - 1
+        if run < 0 or not self.runs[run][0] <= position < self.runs[run][1]:
+            return None
+        index = bisect_left(self.dots, position)
+        if index < len(self.dots) and self.dots[index] < self.runs[run][1]:
+            return self.dots[index]
+        return None
 
 
 def mention_entities(text: str) -> list[Entity]:
@@ -186,13 +354,17 @@ def mention_entities(text: str) -> list[Entity]:
     return found
 
 
-def entities(text: str) -> list[Entity]:
-    """URLs and mentions, overlaps removed as ``remove_overlapping_entities`` does."""
+@lru_cache(maxsize=16)
+def entities(text: str) -> tuple[Entity, ...]:
+    """URLs and mentions, overlaps removed as ``remove_overlapping_entities`` does.
+
+    Cached: the splitter counts a long word whole and then cuts it around the same entities.
+    """
     kept: list[Entity] = []
     for entity in sorted(url_entities(text) + mention_entities(text)):
         if not kept or kept[-1].end <= entity.start:
             kept.append(entity)
-    return kept
+    return tuple(kept)
 
 
 def countable_text(text: str, *, url_length: int = 23) -> str:

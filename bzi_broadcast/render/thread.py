@@ -59,10 +59,14 @@ def split_thread(
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
     if not paragraphs:
         return [tag_line] if tag_line else []
-    single = "\n\n".join([*paragraphs, tag_line] if tag_line else paragraphs)
-    if _overflow(single, limits, spoiler_text) <= 0:
-        return [single]
-    return _numbered(paragraphs, limits, spoiler_text, tag_line)
+    weigh = _Weigher(limits.url_length)
+    # Adding the content warning or a hashtag line never makes a text count less, so a body that
+    # alone is over the limit needs no exact count with both (one pass less over a long text).
+    if weigh("\n\n".join(paragraphs)) <= limits.max_characters:
+        single = "\n\n".join([*paragraphs, tag_line] if tag_line else paragraphs)
+        if _overflow(single, limits, spoiler_text) <= 0:
+            return [single]
+    return _numbered(paragraphs, limits, spoiler_text, tag_line, weigh)
 
 
 def strip_decorations(posts: Sequence[str], hashtags: Sequence[str] = ()) -> str:
@@ -99,23 +103,23 @@ def _overflow(post: str, limits: ThreadLimits, spoiler_text: str) -> int:
 
 
 def _numbered(
-    paragraphs: list[str], limits: ThreadLimits, spoiler_text: str, tag_line: str
+    paragraphs: list[str], limits: ThreadLimits, spoiler_text: str, tag_line: str, weigh: _Weigher
 ) -> list[str]:
+    spoiler = grapheme_count(spoiler_text)
     # The post count is at least the text's length over the widest budget: start with its width.
-    weigh = _Weigher(limits.url_length)
-    rest = _Budget.of(limits, grapheme_count(spoiler_text), tag_line, 1, 0).rest
     total = weigh("\n\n".join(paragraphs))
-    digits, slack = len(str(-(-total // rest))), 0
-    for _attempt in range(_REPACKS * 8):
-        budget = _Budget.of(limits, grapheme_count(spoiler_text), tag_line, digits, slack)
+    digits = len(str(-(-total // _Budget.of(limits, spoiler, tag_line, 1, 0).rest)))
+    slack, repacks = 0, 0
+    while repacks <= _REPACKS:
+        budget = _Budget.of(limits, spoiler, tag_line, digits, slack)
         posts = _decorate(_Packer(budget, weigh).pack(paragraphs), tag_line)
         if len(str(len(posts))) > digits:
-            digits += 1
+            digits += 1  # the numbering got wider: pack again with less room
             continue
         over = max(_overflow(post, limits, spoiler_text) for post in posts)
         if over <= 0:
             return posts
-        slack += over
+        slack, repacks = slack + over, repacks + 1
     raise ValueError(_("Der Text lässt sich nicht in Beiträge passender Länge teilen."))
 
 
