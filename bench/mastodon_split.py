@@ -5,7 +5,8 @@ boundaries) and a 2,000-character quote ×50 (an announcement with 50 quote bloc
 characters each, 100,000 characters of prose). For each, the median time per render through
 ``Renderer().mastodon`` on an announcement (template, tidying, splitting, counting every post) and
 of ``split_thread`` alone; then the growth with size: a word of 10k, 20k, 40k and 80k characters,
-each time divided by the one for half the size (≈ 2 means linear, ≈ 4 quadratic).
+each time divided by the one for half the size (≈ 2 means linear, ≈ 4 quadratic); and, beyond
+the issue, the URL regex's worst case: 80,000 characters of "a.a.a…" glued to a URL.
 Reference, measured in the same run on the same texts: plain grapheme counting
 (``regex.findall(r"\\X", text)``), the least any exact splitter has to do. Target: the word in
 ≤ 0.2 s through the renderer.
@@ -115,6 +116,14 @@ def main() -> None:
     print(f"    target ≤ {TARGET_S * 1000:.0f} ms through the renderer: {met}")
     blocks = [{"type": "quote", "speaker": "Dr. Nergiz", "text": quote()} for _ in range(50)]
     case("2,000-character quote ×50", "\n\n".join([quote()] * 50), announcement(blocks), rounds)
+    # The URL regex's worst case: backtracking from every position took 8 s for 2,000 characters.
+    dots = "a." * 39_991 + "xyzzy/https://example.org"
+    case(
+        "80,000 characters of a.a.a… glued to a URL",
+        dots,
+        announcement([{"type": "text", "text": dots}]),
+        rounds,
+    )
     growth(rounds)
 
 

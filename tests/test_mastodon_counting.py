@@ -128,6 +128,12 @@ def test_non_latin_paths_run_to_their_end_where_stock_twitter_text_stops(text: s
         # Not Mastodon's doing: the Ruby gem's valid_punycode is xn--[0-9a-z]+, the JavaScript
         # (and this Python port) allow "-" after the prefix too.
         ("https://bzi.xn--p1ai-x", [(0, 20)], [(0, 22)]),
+        # Not Mastodon's doing either: the gem's IDN::Idna.toASCII (libidn, without
+        # IDNA_ALLOW_UNASSIGNED) refuses code points unassigned in Unicode 3.2 such as 🦊
+        # (Unicode 9), so is_valid_domain fails; Python's idna codec, which the port uses, allows
+        # them. An assigned one (☃) is a valid host in both.
+        ("https://🦊.de/x", [], [(0, 14)]),
+        ("https://☃.net/x", [(0, 15)], [(0, 15)]),
     ],
 )
 def test_documented_differences_from_stock_twitter_text(
@@ -332,3 +338,11 @@ def test_the_scan_stays_fast_on_long_runs_of_letters_and_dots(text: str) -> None
     started = time.perf_counter()
     mastodon_length(text)
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_url_that_counts_more_than_a_post_holds_is_refused() -> None:
+    # An instance reserving 60 characters per URL with a 40-character limit: no post can hold
+    # the URL, which is never cut, so the splitter says so instead of sending an overlong post.
+    limits = ThreadLimits(max_characters=40, url_length=60)
+    with pytest.raises(ValueError, match="nicht in Beiträge passender Länge"):
+        split_thread("Text " * 20 + "https://example.org/x " + "Ende " * 20, limits=limits)

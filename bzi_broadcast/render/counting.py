@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import stringprep
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
-from functools import lru_cache
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import regex
@@ -354,12 +353,8 @@ def mention_entities(text: str) -> list[Entity]:
     return found
 
 
-@lru_cache(maxsize=16)
 def entities(text: str) -> tuple[Entity, ...]:
-    """URLs and mentions, overlaps removed as ``remove_overlapping_entities`` does.
-
-    Cached: the splitter counts a long word whole and then cuts it around the same entities.
-    """
+    """URLs and mentions, overlaps removed as ``remove_overlapping_entities`` does."""
     kept: list[Entity] = []
     for entity in sorted(url_entities(text) + mention_entities(text)):
         if not kept or kept[-1].end <= entity.start:
@@ -367,12 +362,16 @@ def entities(text: str) -> tuple[Entity, ...]:
     return tuple(kept)
 
 
-def countable_text(text: str, *, url_length: int = 23) -> str:
-    """The text as Mastodon measures it: URLs as placeholders, remote mentions shortened."""
+def countable_text(
+    text: str, *, url_length: int = 23, found: Sequence[Entity] | None = None
+) -> str:
+    """The text as Mastodon measures it: URLs as placeholders, remote mentions shortened.
+
+    ``found`` is ``entities(text)`` when the caller has it already."""
     if _BLANK.fullmatch(text):
         return ""
     parts, position = [], 0
-    for entity in entities(text):
+    for entity in entities(text) if found is None else found:
         parts += [text[position : entity.start], entity.counted_as(url_length)]
         position = entity.end
     parts.append(text[position:])

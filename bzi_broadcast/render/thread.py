@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 import regex
 
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.render.counting import entities, grapheme_count, graphemes, mastodon_length
+from bzi_broadcast.render.counting import (
+    Entity,
+    countable_text,
+    entities,
+    grapheme_count,
+    graphemes,
+    mastodon_length,
+)
 
 _SENTENCE_END = regex.compile(r"(?<=[.!?…][“”»«‘’‚„\"')]*)(\s+)")
 _WHITESPACE = regex.compile(r"(\s+)")
@@ -62,7 +69,7 @@ def split_thread(
     weigh = _Weigher(limits.url_length)
     # Adding the content warning or a hashtag line never makes a text count less, so a body that
     # alone is over the limit needs no exact count with both (one pass less over a long text).
-    if weigh("\n\n".join(paragraphs)) <= limits.max_characters:
+    if weigh.joined(paragraphs) <= limits.max_characters:
         single = "\n\n".join([*paragraphs, tag_line] if tag_line else paragraphs)
         if _overflow(single, limits, spoiler_text) <= 0:
             return [single]
@@ -107,7 +114,7 @@ def _numbered(
 ) -> list[str]:
     spoiler = grapheme_count(spoiler_text)
     # The post count is at least the text's length over the widest budget: start with its width.
-    total = weigh("\n\n".join(paragraphs))
+    total = weigh.joined(paragraphs)
     digits = len(str(-(-total // _Budget.of(limits, spoiler, tag_line, 1, 0).rest)))
     slack, repacks = 0, 0
     while repacks <= _REPACKS:
@@ -196,16 +203,30 @@ class _Packer:
 
 @dataclass
 class _Weigher:
-    """Mastodon length of a text alone (without content warning), remembered for one split: a
-    long paragraph is weighed whole, as its only sentence and as its only word."""
+    """Mastodon length of a text alone (without content warning), and its URLs and mentions,
+    remembered for one split: a long paragraph is weighed whole, as its only sentence and as its
+    only word, and then cut around the same entities."""
 
     url_length: int
     known: dict[str, int] = field(default_factory=dict)
+    found: dict[str, tuple[Entity, ...]] = field(default_factory=dict)
 
     def __call__(self, text: str) -> int:
         if text not in self.known:
-            self.known[text] = mastodon_length(text, url_length=self.url_length)
+            counted = countable_text(text, url_length=self.url_length, found=self.entities(text))
+            self.known[text] = grapheme_count(counted)
         return self.known[text]
+
+    def joined(self, paragraphs: Sequence[str]) -> int:
+        """Length of the paragraphs joined by blank lines: the sum of their lengths and the
+        separators', since no URL or mention spans white space and no grapheme cluster a line
+        feed (UAX #29, GB4 and GB5)."""
+        return sum(self(paragraph) for paragraph in paragraphs) + 2 * (len(paragraphs) - 1)
+
+    def entities(self, text: str) -> tuple[Entity, ...]:
+        if text not in self.found:
+            self.found[text] = entities(text)
+        return self.found[text]
 
 
 def _pieces(paragraph: str, limit: int, weigh: _Weigher) -> Iterator[Piece]:
@@ -219,7 +240,7 @@ def _pieces(paragraph: str, limit: int, weigh: _Weigher) -> Iterator[Piece]:
         if length <= limit:
             yield separator, word, length
             continue
-        chunks = _chunks(word, limit, weigh.url_length)
+        chunks = _chunks(word, limit, weigh)
         yield separator, *chunks[0]
         yield from (("", *chunk) for chunk in chunks[1:])
 
@@ -231,7 +252,7 @@ def _split(text: str, pattern: regex.Pattern[str]) -> list[tuple[str, str]]:
     return [(separator, piece) for separator, piece in pieces if piece]
 
 
-def _chunks(word: str, limit: int, url_length: int) -> list[tuple[str, int]]:
+def _chunks(word: str, limit: int, weigh: _Weigher) -> list[tuple[str, int]]:
     """Cut an over-long word at grapheme boundaries, keeping URLs and mentions whole."""
     if _HASHTAG.fullmatch(word):
         raise ValueError(
@@ -239,9 +260,10 @@ def _chunks(word: str, limit: int, url_length: int) -> list[tuple[str, int]]:
         )
     chunks = _Chunks(limit)
     position = 0
-    for entity in entities(word):
+    for entity in weigh.entities(word):
         chunks.add_graphemes(graphemes(word[position : entity.start]))
-        chunks.add(word[entity.start : entity.end], grapheme_count(entity.counted_as(url_length)))
+        counted = grapheme_count(entity.counted_as(weigh.url_length))
+        chunks.add(word[entity.start : entity.end], counted)
         position = entity.end
     chunks.add_graphemes(graphemes(word[position:]))
     return chunks.done()
