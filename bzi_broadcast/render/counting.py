@@ -16,6 +16,7 @@ from __future__ import annotations
 import stringprep
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
+from functools import cache
 from typing import Any, NamedTuple
 
 import regex
@@ -77,13 +78,21 @@ _PATH = (
 )
 _QUERY = rf"\?[a-z0-9!?*'();:&=+$/%#\[\]\-_.,~|@\^{_UCHARS}]*[a-z0-9_&=#/\-{_UCHARS}]"
 
-# twitter-text's REGEXEN[:valid_url] as Mastodon configures it; group ``url`` is the entity.
-URL_RE: regex.Pattern[str] = regex.compile(
-    rf"(?P<before>[^A-Z0-9@＠$#＃{_INVALID}]|[{_DIRECTIONAL}]|^)"
-    r"(?P<url>(?P<protocol>(?:https?|dat|dweb|ipfs|ipns|ssb|gopher|gemini)://)?"
-    rf"(?P<domain>{_DOMAIN})(?::[0-9]+)?(?P<path>/{_PATH}*)?(?:{_QUERY})?)",
-    regex.IGNORECASE | regex.MULTILINE,
-)
+
+@cache
+def url_regex() -> regex.Pattern[str]:
+    """twitter-text's REGEXEN[:valid_url] as Mastodon configures it; group ``url`` is the entity.
+
+    The definition ``url_matches`` follows; compiled on first use only (≈ 0.1 s), since counting
+    itself uses the parts below."""
+    return regex.compile(
+        rf"(?P<before>[^A-Z0-9@＠$#＃{_INVALID}]|[{_DIRECTIONAL}]|^)"
+        r"(?P<url>(?P<protocol>(?:https?|dat|dweb|ipfs|ipns|ssb|gopher|gemini)://)?"
+        rf"(?P<domain>{_DOMAIN})(?::[0-9]+)?(?P<path>/{_PATH}*)?(?:{_QUERY})?)",
+        regex.IGNORECASE | regex.MULTILINE,
+    )
+
+
 # The same regex in parts, for the linear scan below (see _Scan).
 _SCHEME_RE = regex.compile(r"(?:https?|dat|dweb|ipfs|ipns|ssb|gopher|gemini)://", regex.IGNORECASE)
 _PRECEDING_RE = regex.compile(rf"[^A-Z0-9@＠$#＃{_INVALID}]|[{_DIRECTIONAL}]", regex.IGNORECASE)
@@ -102,9 +111,9 @@ _TOKEN_RE = regex.compile(r"[^ \t\n\r\f\v]+")
 # Account::MENTION_RE (USERNAME_RE is case-insensitive; [[:word:]] is letters, marks, digits, "_").
 _WORD = r"[\p{L}\p{M}\p{Nd}\p{Pc}]"
 MENTION_RE: regex.Pattern[str] = regex.compile(
-    rf"(?<![=/{_WORD[1:-1]}])@(?P<name>(?P<user>(?i:[a-z0-9_]+(?:[.-]+[a-z0-9_]+)*))"
-    rf"(?:@(?P<domain>{_WORD}+(?:[.-]+{_WORD}+)*))?)"
-)
+    rf"(?<![=/{_WORD[1:-1]}])@(?P<user>(?i:[a-z0-9_]+(?:[.-]+[a-z0-9_]+)*))"
+    rf"(?:@(?P<domain>{_WORD}+(?:[.-]+{_WORD}+)*))?"
+)  # group 1 is the username, as callers shortening "@user@domain" rely on
 # twitter-text's end_mention_match: a mention followed by these is not one.
 _MENTION_END_RE = regex.compile(rf"(?:[@＠]|[{_LATIN_ACCENTS}]|://)", regex.IGNORECASE)
 _GRAPHEME = regex.compile(r"\X")
@@ -159,13 +168,13 @@ def _token_urls(text: str, start: int, end: int) -> list[Entity]:
 
 
 def url_matches(text: str) -> list[UrlMatch]:
-    """Every match of ``URL_RE`` in the order Ruby's ``text.scan`` yields them, with or without a
-    scheme, in linear time (``URL_RE.finditer`` finds the same, but may take seconds)."""
+    """Every match of ``url_regex()`` in the order Ruby's ``text.scan`` yields them, with or
+    without a scheme, in linear time (the regex's own ``finditer`` may take seconds)."""
     return list(_Scan(text).matches())
 
 
 class UrlMatch(NamedTuple):
-    """One match of URL_RE: the URL's span, whether it has a scheme, the domain's span."""
+    """One match of the URL regex: the URL's span, whether it has a scheme, the domain's span."""
 
     start: int
     end: int
@@ -230,9 +239,9 @@ def _may_be_tld(text: str, position: int) -> bool:
 
 
 class _Scan:
-    """The matches Ruby's ``text.scan(URL_RE)`` yields, found in linear time.
+    """The matches Ruby's ``text.scan(valid_url)`` yields, found in linear time.
 
-    Backtracking through URL_RE from every position is quadratic or worse on long runs of
+    Backtracking through the URL regex from every position is quadratic or worse on long runs of
     letters and dots (2,000 characters of "a.a.a…" took 8 s). The domain part is the costly one,
     and its outcome from a start position depends only on the first label and the dot ending it:
     ``SUB* NAME TLD`` with greedy SUB* tries the most labels first, so the domain after a dot is
