@@ -366,7 +366,11 @@ def _best_end(
         return len(tokens), stack
     if best is not None and visible.strip():
         return best[1], best[2]
-    return _split_word(tokens, position, limit - utf16_length(visible.strip()) - 1), stack
+    room = limit - utf16_length(visible.strip()) - 1
+    first = regex.match(r"\X", tokens[position].text)
+    if visible.strip() and first and utf16_length(first.group(0)) > room:
+        return position, stack  # not even one grapheme (an emoji sequence) fits: end here
+    return _split_word(tokens, position, room), stack
 
 
 def _split_word(tokens: list[_Token], position: int, room: int) -> int:
