@@ -286,6 +286,11 @@ def test_a_content_warning_over_half_the_limit_is_refused() -> None:
         split_thread("Text. " * 200, spoiler_text="x" * 251)
     with pytest.raises(ValueError, match="Inhaltswarnung"):
         split_thread("x" * 1000, spoiler_text="y" * 494)
+    # mastodon.content_warning_share moves the bound, for the splitter and the channel alike
+    wider = ThreadLimits(spoiler_share=0.6)
+    assert split_thread("Text. " * 200, limits=wider, spoiler_text="x" * 300)
+    with pytest.raises(ValueError, match="höchstens 300 der 500 Zeichen"):
+        split_thread("Text. " * 200, limits=wider, spoiler_text="x" * 301)
 
 
 def test_an_80000_character_word_splits_in_linear_time() -> None:

@@ -23,7 +23,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -137,9 +137,8 @@ class MastodonChannel:
     async def send(self, prepared: Announcement, delivery: Claimed) -> Receipt:
         limits = await self.limits()
         try:
-            rendition = await self._renderer.off_loop(
-                self._renderer.mastodon, prepared, limits.thread
-            )
+            thread = replace(limits.thread, spoiler_share=self._content_warning_share)
+            rendition = await self._renderer.off_loop(self._renderer.mastodon, prepared, thread)
         except ValueError as exc:  # e.g. a hashtag longer than the instance allows in a post
             raise PermanentError(f"Mastodon: {exc}") from exc
         posts = rendition.posts

@@ -46,8 +46,11 @@ Piece = tuple[str, str, int]  # separator before it, text, Mastodon length of th
 class ThreadLimits:
     max_characters: int = 500
     url_length: int = 23
+    spoiler_share: float = MAX_SPOILER_SHARE  # mastodon.content_warning_share
 
     def __post_init__(self) -> None:
+        if not 0 < self.spoiler_share < 1:
+            raise ValueError("spoiler_share must lie between 0 and 1")
         if self.max_characters < MIN_CHARACTERS:
             raise ValueError(f"max_characters must be at least {MIN_CHARACTERS}")
         if self.url_length < 1:
@@ -91,11 +94,11 @@ def strip_decorations(posts: Sequence[str], hashtags: Sequence[str] = ()) -> str
 
 
 def _check_spoiler(spoiler_text: str, limits: ThreadLimits) -> None:
-    length, most = grapheme_count(spoiler_text), int(limits.max_characters * MAX_SPOILER_SHARE)
+    length, most = grapheme_count(spoiler_text), int(limits.max_characters * limits.spoiler_share)
     if length > most:
         message = _(
-            "Die Inhaltswarnung ist {length} Zeichen lang; erlaubt ist höchstens die Hälfte "
-            "der Beitragslänge ({most} von {limit} Zeichen)."
+            "Die Inhaltswarnung ist {length} Zeichen lang; erlaubt sind höchstens {most} der "
+            "{limit} Zeichen eines Beitrags."
         )
         raise ValueError(message.format(length=length, most=most, limit=limits.max_characters))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 from markupsafe import Markup, escape
@@ -59,7 +59,8 @@ class MastodonLimits:
         """The limits, and whether they are the instance's own."""
         if self._settings.enabled and time.monotonic() >= self._next_read:
             await self._read()
-        return self._limits, self._from_instance
+        share = self._settings.content_warning_share
+        return replace(self._limits, spoiler_share=share), self._from_instance
 
     async def _read(self) -> None:
         url = self._settings.base_url
@@ -67,7 +68,9 @@ class MastodonLimits:
             timeout = aiohttp.ClientTimeout(total=INSTANCE_TIMEOUT)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 limits = await fetch_instance(http, url, {"User-Agent": "bzi-broadcast"})
-            self._limits = limits.thread
+            self._limits = replace(
+                limits.thread, spoiler_share=self._settings.content_warning_share
+            )
             self._from_instance = True
             self._next_read = time.monotonic() + LIMITS_MAX_AGE
         except (aiohttp.ClientError, TimeoutError, ValueError, BroadcastError) as exc:
