@@ -8,6 +8,7 @@ composer (JSON is, for the documents we accept, valid YAML).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,83 @@ from pydantic_core import ErrorDetails
 
 from bzi_broadcast.content.model import BLOCK_TYPES, Announcement
 from bzi_broadcast.errors import ContentError, Problem
+from bzi_broadcast.files import FileRefused, read_capped
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 
 Location = tuple[str | int, ...]
 MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 50  # levels of lists and objects; an announcement needs about 6
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a string (skipped) or a bracket
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe YAML without implicit timestamps: dates stay strings for pydantic to judge."""
+    """Safe YAML as announcements need it, and no more.
+
+    No implicit timestamps: dates stay strings for pydantic to judge. No aliases: a 362-byte alias
+    bomb expands into gigabytes, and an announcement never needs to repeat a value by reference.
+    At most ``MAX_DEPTH`` levels (the composer recurses per level). No key twice in one mapping:
+    PyYAML would silently keep the last one.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            alias = self.peek_event()  # type: ignore[no-untyped-call]
+            problem = _(
+                "YAML-Verweise wie „*{name}“ werden nicht angenommen; bitte den Wert ausschreiben"
+            )
+            raise _composer_error(problem.format(name=alias.anchor), alias.start_mark)
+        if self._depth >= MAX_DEPTH:
+            deeper = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _composer_error(_too_deep(), deeper.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        """``[`` and ``{`` counted as the scanner meets them: refused before its look-ahead for
+        keys (up to 1,024 characters, per open bracket) turns 100,000 of them into minutes."""
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, _too_deep(), self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        first_lines: dict[object, int] = {}
+        for key, _value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            if key.value in first_lines:
+                message = _duplicate(key.value, first_lines[key.value])
+                raise _composer_error(message, key.start_mark)
+            first_lines[key.value] = key.start_mark.line + 1
+        return node
 
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+def _composer_error(problem: str, mark: yaml.Mark) -> yaml.composer.ComposerError:
+    return yaml.composer.ComposerError(None, None, problem, mark)
+
+
+def _too_deep() -> str:
+    return _("zu tief verschachtelt (höchstens {depth} Ebenen)").format(depth=MAX_DEPTH)
+
+
+def _duplicate(key: object, first_line: int | None) -> str:
+    if first_line is None:
+        return _("das Feld „{key}“ kommt mehrfach vor").format(key=key)
+    return _("das Feld „{key}“ kommt mehrfach vor (zuerst in Zeile {line})").format(
+        key=key, line=first_line
+    )
 
 
 def load_announcement(path: Path | str) -> Announcement:
@@ -43,12 +106,9 @@ def load_announcement(path: Path | str) -> Announcement:
         problem = _("unbekanntes Dateiformat „{suffix}“ (erwartet .yaml, .yml oder .json)")
         raise _error(str(path), problem.format(suffix=path.suffix))
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _error(
-            str(path),
-            _("Datei kann nicht gelesen werden: {reason}").format(reason=exc.strerror or exc),
-        ) from exc
+        raw = read_capped(path, MAX_FILE_BYTES)
+    except FileRefused as exc:
+        raise _error(str(path), exc.message) from None
     return parse_announcement(raw, fmt=fmt, source=str(path))
 
 
@@ -84,9 +144,10 @@ def _decode(raw: bytes | str, source: str | None) -> str:
 
 
 def _parse_yaml(text: str, source: str | None) -> tuple[Any, dict[Location, int]]:
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
@@ -94,22 +155,66 @@ def _parse_yaml(text: str, source: str | None) -> tuple[Any, dict[Location, int]
         raise ContentError([Problem(path="", message=message, line=line)], source=source) from None
     except yaml.YAMLError as exc:
         raise _error(source, _("kein gültiges YAML: {problem}").format(problem=exc)) from None
+    finally:
+        loader.dispose()
     return data, dict(_node_lines(node, ())) if node is not None else {}
 
 
 def _parse_json(text: str, source: str | None) -> tuple[Any, dict[Location, int]]:
+    _check_json_depth(text, source)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as exc:
         message = _("kein gültiges JSON: {problem}").format(problem=exc.msg)
         raise ContentError(
             [Problem(path="", message=message, line=exc.lineno)], source=source
         ) from None
+    except _DuplicateKey as exc:
+        first, again = _json_key_lines(text, exc.key)
+        message = _("kein gültiges JSON: {problem}").format(problem=_duplicate(exc.key, first))
+        raise ContentError([Problem(path="", message=message, line=again)], source=source) from None
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError:
         return data, {}  # valid JSON the YAML composer rejects: values without line numbers
     return data, dict(_node_lines(node, ())) if node is not None else {}
+
+
+def _check_json_depth(text: str, source: str | None) -> None:
+    """Refuse nesting beyond ``MAX_DEPTH`` before ``json`` recurses into it (RecursionError)."""
+    depth = 0
+    for token in _JSON_TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                message = _("kein gültiges JSON: {problem}").format(problem=_too_deep())
+                line = text.count("\n", 0, token.start()) + 1
+                raise ContentError([Problem(path="", message=message, line=line)], source=source)
+        elif bracket in "]}":
+            depth -= 1
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _json_key_lines(text: str, key: str) -> tuple[int | None, int | None]:
+    """The lines of the first two places that look like ``"key":`` (for the message only)."""
+    pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
+    lines = [text.count("\n", 0, found.start()) + 1 for found in pattern.finditer(text)][:2]
+    return (lines[0], lines[1]) if len(lines) == 2 else (None, None)
 
 
 def _node_lines(node: yaml.Node, location: Location) -> Iterator[tuple[Location, int]]:
@@ -131,7 +236,8 @@ def _problems(
     located = [(_data_location(error["loc"], data), error) for error in errors]
     by_location: dict[Location, ErrorDetails] = {}
     for location, error in located:
-        by_location.setdefault(location, error)
+        if location not in by_location or _is_length(error):
+            by_location[location] = error  # a value too long for any alternative: say that
     return [
         Problem(
             path=dotted_path(location), message=error_message(error), line=_line(location, lines)
@@ -139,6 +245,10 @@ def _problems(
         for location, error in by_location.items()
         if not any(_is_below(other, location) for other in by_location)
     ]
+
+
+def _is_length(error: ErrorDetails) -> bool:
+    return error["type"] in ("string_too_long", "too_long")
 
 
 def _is_below(location: Location, ancestor: Location) -> bool:
@@ -157,8 +267,10 @@ def _data_location(loc: Iterable[str | int], data: Any) -> Location:
     """
     location: list[str | int] = []
     node = data
+    tag_skipped_at = -1  # a text block's field "text" follows its tag "text": skip only one
     for part in loc:
-        if _is_union_tag(node, part, location):
+        if tag_skipped_at != len(location) and _is_union_tag(node, part, location):
+            tag_skipped_at = len(location)
             continue
         if _contains(node, part):
             node = node[part]
@@ -249,8 +361,10 @@ def error_message(error: ErrorDetails, fallback: str | None = None) -> str:
         return _("„{value}“: dieses Datum oder diese Uhrzeit gibt es nicht").format(
             value=error.get("input")
         )
-    if kind == "string_too_long":
+    if kind == "string_too_long" or (kind == "too_long" and isinstance(error["input"], str)):
         return _("zu lang (höchstens {max} Zeichen)").format(max=ctx.get("max_length"))
+    if kind == "too_long":
+        return _("zu viele Einträge (höchstens {max})").format(max=ctx.get("max_length"))
     if kind == "value_error":
         return _(str(ctx.get("error", error["msg"])))
     if kind in _MESSAGES:

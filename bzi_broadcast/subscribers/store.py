@@ -80,8 +80,18 @@ class ImportReport:
 
 def parse_csv(text: str, report: ImportReport) -> Iterator[ImportLine]:
     """Rows of ``email,consent_source[,name][,language][,topics]`` with a header; problems go to
-    ``report``. ``consent_source`` says where each person gave consent (German law asks for it)."""
+    ``report``. ``consent_source`` says where each person gave consent (German law asks for it).
+    A file ``csv`` cannot read at all (a field over its limit) raises ``csv.Error`` naming the
+    line, in the reader's language."""
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        yield from _parse_rows(reader, report)
+    except csv.Error as exc:
+        # the DictReader counts a line once it is read whole; the csv reader while reading it
+        raise csv.Error(_csv_problem(exc, reader.reader.line_num)) from None
+
+
+def _parse_rows(reader: csv.DictReader[str], report: ImportReport) -> Iterator[ImportLine]:
     fields = [f.strip().lower() for f in reader.fieldnames or []]
     for required in ("email", "consent_source"):
         if required not in fields:
@@ -98,6 +108,14 @@ def parse_csv(text: str, report: ImportReport) -> Iterator[ImportLine]:
         if parsed:
             seen.add(parsed.email)
             yield parsed
+
+
+def _csv_problem(error: csv.Error, line: int) -> str:
+    reason = str(error)
+    if "field larger than field limit" in reason:  # the one a hostile file provokes on purpose
+        limit = f"{csv.field_size_limit():,}".replace(",", ".")
+        reason = _("ein Feld ist länger als {limit} Zeichen").format(limit=limit)
+    return _("Zeile {line}: {problem}").format(line=line, problem=reason)
 
 
 def _parse_row(
@@ -256,14 +274,15 @@ async def _insert(
 async def suppress(
     engine: AsyncEngine, email: str, *, reason: str, detail: str | None, key: bytes
 ) -> None:
-    """Mark the subscriber bounced and remember the address's hash."""
+    """Mark the subscriber bounced and suppressed, and remember the address's hash; only a
+    confirmed fresh sign-up (``Subscriptions.confirm``) lifts both."""
     digest = suppression_hash(email, key)
     now = utcnow()
     async with engine.begin() as conn:
         await conn.execute(
             update(subscribers)
             .where(subscribers.c.email == email.lower())
-            .values(status=str(SubscriberStatus.BOUNCED), updated_at=now)
+            .values(status=str(SubscriberStatus.BOUNCED), updated_at=now, suppressed_at=now)
         )
         exists = (
             await conn.execute(
