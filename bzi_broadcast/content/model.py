@@ -21,6 +21,23 @@ from bzi_broadcast.i18n import N_
 
 LOCAL_TZ = ZoneInfo("Europe/Berlin")
 MAX_CONTENT_WARNING = 250  # grapheme clusters; named in the message below
+# Caps per field (characters) and per list (entries), checked before any other validation of the
+# field, so no field can make a check or a rendering slow: generous for real announcements, and
+# together small enough that the largest announcement renders in about a second.
+MAX_TITLE = 200  # the title and the mail's subject
+MAX_LINE = 300  # names, places, roles, labels, kinds, a preheader
+MAX_URL = 2048
+MAX_ALT = 1500
+MAX_HASHTAG = 40  # with MAX_HASHTAGS: all of them fit in one 500-character post
+MAX_SUMMARY = 2000
+MAX_PROSE = 5000  # a quote, a thanks block's intro and closing
+MAX_MARKDOWN = 20_000  # a text block, an event's description
+MAX_BLOCKS = 50
+MAX_PARTNERS = 50
+MAX_FORMATS = 30
+MAX_NAMES = 30  # an event's organisers
+MAX_TOPICS = 20
+MAX_HASHTAGS = 10
 _WHITESPACE = re.compile(r"\s+")
 _HASHTAG = re.compile(r"^#?(\w+)$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -91,11 +108,21 @@ def _valid_markdown(value: str) -> str:
     return value
 
 
-SingleLine = Annotated[str, AfterValidator(_single_line)]
-Text = Annotated[str, AfterValidator(_prose)]
-Markdown = Annotated[str, AfterValidator(_valid_markdown)]
-Url = Annotated[str, AfterValidator(_url)]
-Hashtag = Annotated[str, AfterValidator(_hashtag)]
+SingleLine = Annotated[str, Field(max_length=MAX_LINE), AfterValidator(_single_line)]
+Title = Annotated[str, Field(max_length=MAX_TITLE), AfterValidator(_single_line)]
+AltText = Annotated[str, Field(max_length=MAX_ALT), AfterValidator(_single_line)]
+Summary = Annotated[str, Field(max_length=MAX_SUMMARY), AfterValidator(_prose)]
+Text = Annotated[str, Field(max_length=MAX_PROSE), AfterValidator(_prose)]
+Markdown = Annotated[str, Field(max_length=MAX_MARKDOWN), AfterValidator(_valid_markdown)]
+Url = Annotated[str, Field(max_length=MAX_URL), AfterValidator(_url)]
+Source = Annotated[str, Field(max_length=MAX_URL), AfterValidator(_single_line)]
+Hashtag = Annotated[str, Field(max_length=MAX_HASHTAG), AfterValidator(_hashtag)]
+ContentWarning = Annotated[  # counted in graphemes; an emoji family is 7 code points
+    str,
+    Field(max_length=8 * MAX_CONTENT_WARNING),
+    AfterValidator(_single_line),
+    AfterValidator(_content_warning),
+]
 Topic = Annotated[str, AfterValidator(_slug)]
 
 
@@ -141,8 +168,8 @@ class PartnerRole(StrEnum):
 
 
 class Image(Frozen):
-    src: SingleLine = Field(description="Path relative to the announcement file, or an http(s) URL")
-    alt: Annotated[SingleLine, Field(max_length=1500)]
+    src: Source = Field(description="Path relative to the announcement file, or an http(s) URL")
+    alt: AltText
     width: Annotated[int, Field(gt=0, le=10000)] | None = None
     height: Annotated[int, Field(gt=0, le=10000)] | None = None
 
@@ -163,8 +190,8 @@ class EventBlock(Frozen):
     start: date | LocalDateTime
     end: date | LocalDateTime | None = None
     place: SingleLine | None = None
-    organisers: tuple[SingleLine, ...] = ()
-    formats: tuple[EventFormat, ...] = ()
+    organisers: Annotated[tuple[SingleLine, ...], Field(max_length=MAX_NAMES)] = ()
+    formats: Annotated[tuple[EventFormat, ...], Field(max_length=MAX_FORMATS)] = ()
     description: Markdown | None = None
 
     @model_validator(mode="after")
@@ -204,7 +231,7 @@ class Partner(Frozen):
 class ThanksBlock(Frozen):
     type: Literal["thanks"]
     intro: Text | None = None
-    partners: Annotated[tuple[Partner, ...], Field(min_length=1)]
+    partners: Annotated[tuple[Partner, ...], Field(min_length=1, max_length=MAX_PARTNERS)]
     closing: Text | None = None
 
 
@@ -227,13 +254,13 @@ BLOCK_TYPES = ("event", "quote", "thanks", "text", "link")
 
 
 class EmailOptions(Frozen):
-    subject: SingleLine | None = None
+    subject: Title | None = None
     preheader: SingleLine | None = None
 
 
 class MastodonOptions(Frozen):
     visibility: Visibility = Visibility.PUBLIC
-    content_warning: Annotated[SingleLine, AfterValidator(_content_warning)] | None = None
+    content_warning: ContentWarning | None = None
 
 
 class TelegramOptions(Frozen):
@@ -250,7 +277,7 @@ class ChannelOptions(Frozen):
 
 
 class Announcement(Frozen):
-    title: Annotated[SingleLine, Field(max_length=200)]
+    title: Title
     language: Language = Language.DE
     archive: bool = Field(
         default=True,
@@ -263,15 +290,15 @@ class Announcement(Frozen):
         description="Verbindet Sprachfassungen derselben Ankündigung: jede Person erhält die "
         "Fassung in ihrer Sprache, sonst die deutsche.",
     )
-    summary: Text | None = None
-    topics: tuple[Topic, ...] = ()
+    summary: Summary | None = None
+    topics: Annotated[tuple[Topic, ...], Field(max_length=MAX_TOPICS)] = ()
     publish_at: LocalDateTime | None = None
     expires_at: LocalDateTime | None = None
     link: Url | None = None
-    hashtags: tuple[Hashtag, ...] = ()
+    hashtags: Annotated[tuple[Hashtag, ...], Field(max_length=MAX_HASHTAGS)] = ()
     image: Image | None = None
     channels: ChannelOptions = ChannelOptions()
-    blocks: Annotated[tuple[Block, ...], Field(min_length=1)]
+    blocks: Annotated[tuple[Block, ...], Field(min_length=1, max_length=MAX_BLOCKS)]
 
     @model_validator(mode="after")
     def _check_times(self) -> Announcement:
