@@ -5,8 +5,10 @@ Format (URL-safe, no padding)::
     v1.<key id>.<base64url(payload)>.<base64url(HMAC-SHA256(key, "v1.<key id>.<payload>")[:16])>
 
 with ``payload = "<purpose>|<expiry, unix seconds>|<subject>"`` (the subject last, so it may hold
-any character). Keys rotate: a signer signs with its current key and verifies with any key it
-still knows. Comparison is constant-time.
+any character). A subscriber's links carry ``<id>.<link key>`` as subject (``link_subject``):
+the random per-person key makes the link of an erased person fit no one else. Keys rotate: a
+signer signs with its current key and verifies with any key it still knows. Comparison is
+constant-time.
 """
 
 from __future__ import annotations
@@ -108,4 +110,18 @@ def _decode(text: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
+        raise TokenError from None
+
+
+def link_subject(subscriber_id: int, link_key: str | None) -> str:
+    """The subject of a subscriber's link: the id and the person's random key."""
+    return f"{subscriber_id}.{link_key}" if link_key else str(subscriber_id)
+
+
+def parse_link_subject(subject: str) -> tuple[int, str | None]:
+    """``(id, key)``; key None for a link made before the keys (migration 0012)."""
+    number, _dot, key = subject.partition(".")
+    try:
+        return int(number), key or None
+    except ValueError:
         raise TokenError from None

@@ -18,7 +18,7 @@ from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.delivery.ratelimit import TokenBucket
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import AnnouncementRecord
-from bzi_broadcast.tokens import TokenSigner
+from bzi_broadcast.tokens import TokenSigner, link_subject
 
 UNSUBSCRIBE_TTL = timedelta(days=400)  # links in old newsletters keep working for a year and more
 PREFERENCES_TTL = timedelta(days=400)
@@ -68,7 +68,11 @@ class EmailChannel:
         )
 
     async def send(self, prepared: MessageTemplate, delivery: Claimed) -> Receipt:
-        subject = str(delivery.subscriber_id or delivery.recipient)
+        subject = (
+            link_subject(delivery.subscriber_id, delivery.link_key)
+            if delivery.subscriber_id
+            else delivery.recipient
+        )
         message = prepared.fill(
             to=delivery.recipient,
             unsubscribe_url=self._link("unsubscribe", subject, UNSUBSCRIBE_TTL),

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
 from bzi_broadcast.store.announcements import transition, utcnow
-from bzi_broadcast.store.schema import announcements, deliveries
+from bzi_broadcast.store.schema import announcements, deliveries, subscribers
 
 D = DeliveryStatus
 
@@ -30,6 +30,7 @@ class Claimed:
     recipient: str
     subscriber_id: int | None
     attempts: int
+    link_key: str | None = None  # the subscriber's, for the links in the message
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -94,6 +95,10 @@ class Outbox:
                 deliveries.c.recipient,
                 deliveries.c.subscriber_id,
                 deliveries.c.attempts,
+                select(subscribers.c.link_key)
+                .where(subscribers.c.id == deliveries.c.subscriber_id)
+                .scalar_subquery()
+                .label("link_key"),
             )
         )
         async with self._engine.begin() as conn:

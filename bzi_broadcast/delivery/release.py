@@ -116,6 +116,8 @@ def email_fan_out(announcement_id: int, now: datetime, lower: int, upper: int | 
     ).where(
         _receiving(now),
         subscribers.c.email.is_not(None),
+        # on the suppression list (bounce, complaint): not even if the status says active
+        subscribers.c.suppressed_at.is_(None),
         _in_chunk(lower, upper),
         _topic_match(announcement_id),
         _language_match(announcement_id),

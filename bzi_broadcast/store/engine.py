@@ -93,12 +93,35 @@ def alembic_config() -> Config:
 async def migrate(engine: AsyncEngine) -> None:
     """Apply every pending migration; safe to run at each start and from several processes."""
     try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_upgrade)
+        if engine.dialect.name == "sqlite":
+            await _upgrade_sqlite(engine)
+        else:
+            async with engine.begin() as connection:
+                await connection.run_sync(_upgrade)
     except (OperationalError, DBAPIError, OSError) as exc:
         raise StoreError(
             _("Datenbank nicht erreichbar: {reason}").format(reason=_reason(exc))
         ) from None
+
+
+async def _upgrade_sqlite(engine: AsyncEngine) -> None:
+    """SQLite's way to rebuild a table (ALTER TABLE, "other kinds of table schema changes"):
+    foreign keys off, outside the transaction, else dropping the old table deletes every row that
+    refers to it; checked before the commit, and on again for the pooled connection."""
+    async with engine.connect() as connection:
+        await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        await connection.commit()
+        try:
+            async with connection.begin():
+                await connection.run_sync(_upgrade)
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).first()
+                if broken is not None:
+                    raise StoreError(
+                        _("Migration verletzt Fremdschlüssel in „{table}“").format(table=broken[0])
+                    )
+        finally:
+            await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await connection.commit()
 
 
 def _upgrade(connection: Connection) -> None:

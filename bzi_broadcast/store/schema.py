@@ -6,6 +6,7 @@ aware UTC datetimes, so no code ever compares a naive time with an aware one.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,7 +136,13 @@ subscribers = Table(
     Column("confirmation_sent_at", UTCDateTime()),
     Column("paused_until", UTCDateTime()),  # no deliveries before this time
     Column("consent_version", String(20)),
+    # Random, in every link's token: links of an erased person never fit anyone else.
+    Column("link_key", String(32), nullable=False, default=lambda: secrets.token_hex(16)),
+    # Set with the address's entry in the suppression list; release skips the row until the
+    # person confirms again (a fresh double opt-in lifts both).
+    Column("suppressed_at", UTCDateTime()),
     Index(None, "status"),
+    sqlite_autoincrement=True,  # an erased person's id is never handed to someone new
 )
 
 # The consent proof, append-only: rows are only ever inserted (erasure deletes the subscriber and

@@ -7,15 +7,16 @@ sign-up for an active, suppressed or throttled address ends like any other, only
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -24,7 +25,14 @@ from bzi_broadcast.store.announcements import utcnow
 from bzi_broadcast.store.schema import subscriber_topics, subscribers, suppressions, throttles
 from bzi_broadcast.subscribers.consent import ConsentEvent, record, stored_ip
 from bzi_broadcast.subscribers.store import SubscriberStatus, suppression_hash
-from bzi_broadcast.tokens import TokenError, TokenExpiredError, TokenSigner
+from bzi_broadcast.tokens import (
+    TokenError,
+    TokenExpiredError,
+    TokenPayload,
+    TokenSigner,
+    link_subject,
+    parse_link_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,15 @@ class TokenState(StrEnum):
     VALID = "valid"
     EXPIRED = "expired"
     INVALID = "invalid"
+    GONE = "gone"  # well signed, but the person it was made for is no longer here
+
+
+@dataclass(frozen=True, kw_only=True)
+class Link:
+    """Whom a link stands for: the id and the person's random key (the token's subject)."""
+
+    subscriber_id: int
+    link_key: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,12 +97,12 @@ class Subscriptions:
         subs = self._settings.subscribers
         now = utcnow()
         async with self._engine.begin() as conn:
-            if await self._suppressed(conn, form.email):
-                return
+            # a suppressed address may come back, but only through this double opt-in
+            suppressed = now if await self._suppressed(conn, form.email) else None
             row = (
                 await conn.execute(select(subscribers).where(subscribers.c.email == form.email))
             ).first()
-            if row is not None and row.status == str(SubscriberStatus.ACTIVE):
+            if row is not None and not suppressed and not _must_confirm(row):
                 return  # already confirmed: nothing to do, nothing to tell
             if row is None:
                 result = await conn.execute(
@@ -98,6 +115,7 @@ class Subscriptions:
                         created_at=now,
                         updated_at=now,
                         consent_version=subs.consent_version,
+                        suppressed_at=suppressed,
                     )
                 )
                 subscriber_id = int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -112,6 +130,7 @@ class Subscriptions:
                         status=str(SubscriberStatus.PENDING),
                         consent_version=subs.consent_version,
                         updated_at=now,
+                        suppressed_at=row.suppressed_at or suppressed,
                     )
                 )
             await _write_topics(conn, subscriber_id, form.topics)
@@ -146,7 +165,9 @@ class Subscriptions:
             log.info("confirmation mail throttled subscriber_id=%s", row.id)
             return False
         token = self._signer.sign(
-            purpose="confirm", subject=str(row.id), ttl=timedelta(hours=subs.confirm_hours)
+            purpose="confirm",
+            subject=link_subject(row.id, row.link_key),
+            ttl=timedelta(hours=subs.confirm_hours),
         )
         link = f"{self._settings.email.public_url.rstrip('/')}/bestaetigen/{token}"
         await self._mail(row.email, row.language, link, row.name or "")
@@ -183,32 +204,75 @@ class Subscriptions:
             sent += await self.send_confirmation(subscriber_id)
         return sent
 
-    def check(self, token: str, purpose: str) -> tuple[TokenState, int | None]:
+    async def resolve(self, token: str, purpose: str) -> tuple[TokenState, Link | None]:
+        """The person a link stands for; GONE when they were erased (whoever has the id now).
+
+        A link from before the keys (no key in it) still works until it expires, but only for
+        a person who existed when it was made."""
         try:
             payload = self._signer.verify(token, purpose=purpose)
+            subscriber_id, key = parse_link_subject(payload.subject)
         except TokenExpiredError:
             return TokenState.EXPIRED, None
         except TokenError:
             return TokenState.INVALID, None
-        try:
-            return TokenState.VALID, int(payload.subject)
-        except ValueError:
-            return TokenState.INVALID, None
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(subscribers.c.link_key, subscribers.c.created_at).where(
+                        subscribers.c.id == subscriber_id
+                    )
+                )
+            ).first()
+        fits = row is not None and (
+            hmac.compare_digest(row.link_key, key)
+            if key
+            else row.created_at <= self._issued(payload) + timedelta(seconds=1)
+        )
+        if row is None or not fits:
+            return TokenState.GONE, None
+        return TokenState.VALID, Link(subscriber_id=subscriber_id, link_key=row.link_key)
+
+    def _issued(self, payload: TokenPayload) -> datetime:
+        ttl = (
+            timedelta(hours=self._settings.subscribers.confirm_hours)
+            if payload.purpose == "confirm"
+            else PREFERENCES_TTL  # unsubscribe links live as long
+        )
+        return datetime.fromtimestamp(payload.expires_at, UTC) - ttl
 
     async def confirm(self, subscriber_id: int, ip: str | None) -> bool:
-        """True when this confirmed the subscription; False when it was confirmed before."""
+        """True when this confirmed the subscription; False when it was confirmed before.
+
+        The confirmation is the fresh consent that lifts a suppression of the address."""
         now = utcnow()
         async with self._engine.begin() as conn:
+            email = (
+                await conn.execute(
+                    select(subscribers.c.email).where(subscribers.c.id == subscriber_id)
+                )
+            ).scalar()
             result = await conn.execute(
                 update(subscribers)
                 .where(
                     subscribers.c.id == subscriber_id,
                     subscribers.c.status == str(SubscriberStatus.PENDING),
                 )
-                .values(status=str(SubscriberStatus.ACTIVE), confirmed_at=now, updated_at=now)
+                .values(
+                    status=str(SubscriberStatus.ACTIVE),
+                    confirmed_at=now,
+                    updated_at=now,
+                    suppressed_at=None,
+                )
             )
             if not result.rowcount:
                 return False
+            if email is not None:
+                await conn.execute(
+                    delete(suppressions).where(
+                        suppressions.c.email_hash == suppression_hash(email, self._key)
+                    )
+                )
             await record(
                 conn,
                 subscriber_id,
@@ -277,16 +341,21 @@ class Subscriptions:
         topics: frozenset[str],
         paused_until: date | None,
         resubscribe: bool = False,
-    ) -> None:
+    ) -> bool:
+        """True when a resubscription waits for a confirmation: a suppressed (bounced,
+        complained, erased) address comes back only through a fresh double opt-in; the caller
+        then mails the link (``send_confirmation``)."""
         pause = datetime.combine(paused_until, time.min, tzinfo=BERLIN) if paused_until else None
-        values: dict[str, Any] = {
-            "language": language,
-            "paused_until": pause,
-            "updated_at": utcnow(),
-        }
+        now = utcnow()
+        values: dict[str, Any] = {"language": language, "paused_until": pause, "updated_at": now}
+        confirm = False
         async with self._engine.begin() as conn:
             if resubscribe:
-                values["status"] = str(SubscriberStatus.ACTIVE)
+                confirm = await self._held_back(conn, subscriber_id)
+                status = SubscriberStatus.PENDING if confirm else SubscriberStatus.ACTIVE
+                values["status"] = str(status)
+                if confirm:
+                    values["suppressed_at"] = func.coalesce(subscribers.c.suppressed_at, now)
             await conn.execute(
                 update(subscribers).where(subscribers.c.id == subscriber_id).values(**values)
             )
@@ -301,16 +370,31 @@ class Subscriptions:
                     "topics": sorted(topics),
                     "paused_until": paused_until.isoformat() if paused_until else None,
                     **({"resubscribed": True} if resubscribe else {}),
+                    **({"confirmation_needed": True} if confirm else {}),
                 },
             )
+        return confirm
 
-    def preferences_link(self, subscriber_id: int) -> str:
+    def preferences_link(self, link: Link) -> str:
         token = self._signer.sign(
-            purpose="preferences", subject=str(subscriber_id), ttl=PREFERENCES_TTL
+            purpose="preferences",
+            subject=link_subject(link.subscriber_id, link.link_key),
+            ttl=PREFERENCES_TTL,
         )
         return f"{self._settings.email.public_url.rstrip('/')}/einstellungen/{token}"
 
     # --- helpers -----------------------------------------------------------------------------
+
+    async def _held_back(self, conn: AsyncConnection, subscriber_id: int) -> bool:
+        """Whether the person's address is suppressed (marked, listed, or bounced)."""
+        row = (
+            await conn.execute(select(subscribers).where(subscribers.c.id == subscriber_id))
+        ).first()
+        if row is None or row.email is None:
+            return False
+        if row.suppressed_at is not None or row.status == str(SubscriberStatus.BOUNCED):
+            return True
+        return await self._suppressed(conn, row.email)
 
     async def _suppressed(self, conn: AsyncConnection, email: str) -> bool:
         digest = suppression_hash(email, self._key)
@@ -357,6 +441,11 @@ class Subscriptions:
             except IntegrityError:  # another process opened the window first: count in it
                 continue
         return False
+
+
+def _must_confirm(row: Any) -> bool:
+    """A row that must confirm before it receives again (see ``Subscriptions.sign_up``)."""
+    return row.status != str(SubscriberStatus.ACTIVE) or row.suppressed_at is not None
 
 
 async def _write_topics(

@@ -216,7 +216,7 @@ def _in_background(app: web.Application, work: Any) -> None:
 
 
 async def _confirm_form(request: web.Request) -> web.Response:
-    state, _id = request.app[SUBSCRIPTIONS].check(request.match_info["token"], "confirm")
+    state, _link = await request.app[SUBSCRIPTIONS].resolve(request.match_info["token"], "confirm")
     if state is not TokenState.VALID:
         return _bad_link(request, state)
     return page(request, "bestaetigen.html.j2", action=request.path)
@@ -224,10 +224,10 @@ async def _confirm_form(request: web.Request) -> web.Response:
 
 async def _confirm(request: web.Request) -> web.Response:
     subscriptions = request.app[SUBSCRIPTIONS]
-    state, subscriber_id = subscriptions.check(request.match_info["token"], "confirm")
-    if state is not TokenState.VALID or subscriber_id is None:
+    state, link = await subscriptions.resolve(request.match_info["token"], "confirm")
+    if state is not TokenState.VALID or link is None:
         return _bad_link(request, state)
-    confirmed = await subscriptions.confirm(subscriber_id, client_ip(request))
+    confirmed = await subscriptions.confirm(link.subscriber_id, client_ip(request))
     return page(
         request,
         "hinweis.html.j2",
@@ -237,12 +237,25 @@ async def _confirm(request: web.Request) -> web.Response:
             if confirmed
             else _("Diese Anmeldung war bereits bestätigt. Es ist nichts weiter zu tun.")
         ),
-        link=subscriptions.preferences_link(subscriber_id),
+        link=subscriptions.preferences_link(link),
         link_text=_("Themen und Sprache einstellen"),
     )
 
 
 def _bad_link(request: web.Request, state: TokenState) -> web.Response:
+    if state is TokenState.GONE:
+        return page(
+            request,
+            "hinweis.html.j2",
+            status=410,
+            heading=_("Link nicht mehr gültig"),
+            message=_(
+                "Zu diesem Link gibt es keine Anmeldung mehr – zum Beispiel, weil die Daten "
+                "gelöscht wurden. Sie können sich jederzeit neu anmelden."
+            ),
+            link="/anmelden",
+            link_text=_("Zur Anmeldung"),
+        )
     expired = state is TokenState.EXPIRED
     return page(
         request,
@@ -266,7 +279,9 @@ def _bad_link(request: web.Request, state: TokenState) -> web.Response:
 
 
 async def _unsubscribe_form(request: web.Request) -> web.Response:
-    state, _id = request.app[SUBSCRIPTIONS].check(request.match_info["token"], "unsubscribe")
+    state, _link = await request.app[SUBSCRIPTIONS].resolve(
+        request.match_info["token"], "unsubscribe"
+    )
     if state is not TokenState.VALID:
         return _bad_link(request, state)
     return page(request, "abmelden.html.j2", action=request.path)
@@ -275,12 +290,12 @@ async def _unsubscribe_form(request: web.Request) -> web.Response:
 async def _unsubscribe(request: web.Request) -> web.Response:
     """The page's button, and the RFC 8058 one-click POST (no cookies, no CSRF token)."""
     subscriptions = request.app[SUBSCRIPTIONS]
-    state, subscriber_id = subscriptions.check(request.match_info["token"], "unsubscribe")
-    if state is not TokenState.VALID or subscriber_id is None:
+    state, link = await subscriptions.resolve(request.match_info["token"], "unsubscribe")
+    if state is not TokenState.VALID or link is None:
         return _bad_link(request, state)
     form = await request.post()
     one_click = form.get("List-Unsubscribe") == "One-Click"
-    await subscriptions.unsubscribe(subscriber_id, "one-click" if one_click else "page")
+    await subscriptions.unsubscribe(link.subscriber_id, "one-click" if one_click else "page")
     if one_click:
         return web.Response(text=_("Abgemeldet."))
     return page(
@@ -288,7 +303,7 @@ async def _unsubscribe(request: web.Request) -> web.Response:
         "hinweis.html.j2",
         heading=_("Abgemeldet"),
         message=_("Sie erhalten keinen Newsletter mehr. Schade, dass Sie gehen!"),
-        link=subscriptions.preferences_link(subscriber_id),
+        link=subscriptions.preferences_link(link),
         link_text=_("Versehentlich abgemeldet? Wieder anmelden"),
     )
 
@@ -299,11 +314,11 @@ async def _unsubscribe(request: web.Request) -> web.Response:
 async def _current_preferences(request: web.Request) -> Preferences | web.Response:
     """The preferences the link's token stands for, or the page explaining a bad link."""
     subscriptions = request.app[SUBSCRIPTIONS]
-    state, subscriber_id = subscriptions.check(request.match_info["token"], "preferences")
-    if state is not TokenState.VALID or subscriber_id is None:
+    state, link = await subscriptions.resolve(request.match_info["token"], "preferences")
+    if state is not TokenState.VALID or link is None:
         return _bad_link(request, state)
-    current = await subscriptions.preferences(subscriber_id)
-    return current if current is not None else _bad_link(request, TokenState.INVALID)
+    current = await subscriptions.preferences(link.subscriber_id)
+    return current if current is not None else _bad_link(request, TokenState.GONE)
 
 
 async def _preferences_form(request: web.Request) -> web.Response:
@@ -352,18 +367,29 @@ async def _preferences(request: web.Request) -> web.Response:
             values=values,
             problems=problems,
         )
-    await request.app[SUBSCRIPTIONS].update_preferences(
+    subscriptions = request.app[SUBSCRIPTIONS]
+    confirm = await subscriptions.update_preferences(
         current.subscriber_id,
         language=language,
         topics=topics,
         paused_until=pause,
         resubscribe=form.get("resubscribe") == "ja",
     )
+    if confirm:  # a suppressed address: a fresh double opt-in, mailed after the answer
+        _in_background(request.app, subscriptions.send_confirmation(current.subscriber_id))
     return page(
         request,
         "hinweis.html.j2",
         heading=_("Gespeichert"),
-        message=_("Ihre Einstellungen sind gespeichert."),
+        message=(
+            _(
+                "Ihre Einstellungen sind gespeichert. Damit Sie den Newsletter wieder "
+                "erhalten, bestätigen Sie bitte Ihre Adresse: Wir haben Ihnen dazu eine "
+                "E-Mail mit einem Bestätigungslink geschickt."
+            )
+            if confirm
+            else _("Ihre Einstellungen sind gespeichert.")
+        ),
         link=request.path,
         link_text=_("Zurück zu den Einstellungen"),
     )
