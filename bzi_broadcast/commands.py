@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import getpass
 import json
 import sys
@@ -24,7 +23,6 @@ from bzi_broadcast.content.model import localize
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.outbox import Counts, Outbox
 from bzi_broadcast.errors import BroadcastError
-from bzi_broadcast.files import FileRefused, read_capped
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
 from bzi_broadcast.staff import media
@@ -36,11 +34,12 @@ from bzi_broadcast.subscribers.store import ImportOptions, ImportReport, import_
 
 T = TypeVar("T")
 ACTOR = "cli"
-CSV_MAX_BYTES = 8 * 1024 * 1024  # as much as the API's import takes
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
+def settings_of(args: argparse.Namespace, *, signing: bool = False) -> Settings:
+    """The configured settings; ``signing``: this command signs (links, forms, hashes), so
+    ``security.secret_key`` must be set."""
+    settings = load_settings(args.config, signing=signing)
     if getattr(args, "database", None):
         settings = settings.model_copy(
             update={"database": settings.database.model_copy(update={"url": args.database})}
@@ -71,7 +70,7 @@ def run_queue(args: argparse.Namespace) -> int:
     at = _parse_time(args.at) if args.at else None
     if args.now:
         at = datetime.now().astimezone()
-    public_url = settings_of(args).email.public_url
+    public_url = settings_of(args, signing=True).email.public_url
 
     async def work(engine: AsyncEngine) -> int:
         # The image file is read now, beside the announcement file, and stored like an upload:
@@ -119,14 +118,16 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    report = ImportReport()
     try:
-        lines = list(parse_csv(_read_csv(Path(args.file)), report))
-    except (FileRefused, csv.Error) as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
-        return 2  # bad input, as for an announcement file (cli.EXIT_BAD_INPUT)
-    settings = settings_of(args)
-    key = settings.security.secret_key.get_secret_value().encode()
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BroadcastError(
+            _("{path} kann nicht gelesen werden: {reason}").format(path=args.file, reason=exc)
+        ) from None
+    report = ImportReport()
+    lines = list(parse_csv(text, report))
+    settings = settings_of(args, signing=True)
+    key = settings.security.signing_key()
     options = ImportOptions(
         consent_proven=args.consent_proven,
         file_name=args.file.name,
@@ -143,18 +144,6 @@ def run_import(args: argparse.Namespace) -> int:
     ).format(m=len(report.problems))
     print(f"{imported}, {skipped}.")
     return 1 if report.problems else 0
-
-
-def _read_csv(path: Path) -> str:
-    """The file's text: a regular file of at most 8 MB (as the API takes), in UTF-8."""
-    raw = read_capped(path, CSV_MAX_BYTES)
-    if len(raw) > CSV_MAX_BYTES:
-        raise FileRefused(_("die Datei ist größer als 8 MB"))
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        message = _("die Datei ist nicht UTF-8-kodiert (Byte {offset})")
-        raise FileRefused(message.format(offset=exc.start)) from None
 
 
 def run_user_add(args: argparse.Namespace) -> int:
@@ -247,7 +236,7 @@ def run_proof(args: argparse.Namespace) -> int:
 
 
 def run_erase(args: argparse.Namespace) -> int:
-    key = settings_of(args).security.secret_key.get_secret_value().encode()
+    key = settings_of(args, signing=True).security.signing_key()
     if not with_engine(args, lambda engine: gdpr.erase(engine, args.email, key)):
         return _unknown(args.email)
     print(
@@ -379,9 +368,9 @@ def _duration(seconds: float) -> str:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from bzi_broadcast.service import Service
+    settings = settings_of(args, signing=not args.demo)  # the demo makes its own key
+    from bzi_broadcast.service import Service  # big (the web app): only once the settings hold
 
-    settings = settings_of(args)
     if args.demo:
         from bzi_broadcast.demo import run_demo
 

@@ -15,7 +15,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -135,12 +143,31 @@ class TelegramSettings(_Section):
     webhook_secret: SecretStr | None = None  # X-Telegram-Bot-Api-Secret-Token
 
 
+MIN_SECRET_KEY_BYTES = 32
+MIN_METRICS_TOKEN_BYTES = 16
+MAKE_A_KEY = 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
+
+
 class WebSettings(_Section):
-    """The service's HTTP server: public pages, archive and feed (and later admin and API)."""
+    """The service's HTTP server: public pages, archive and feed, admin, API and operations."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535, description="0: any free port")
-    trust_proxy: bool = False  # take the client IP from X-Forwarded-For (behind a reverse proxy)
+    # Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: the client is the
+    # rightmost address in the chain that is none of these (addresses or networks).
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    metrics_token: SecretStr | None = None  # /metrics wants it as a bearer token; unset: 404
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _guessable(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().encode()) < MIN_METRICS_TOKEN_BYTES:
+            raise ValueError(
+                _("zu kurz: mindestens {n} Bytes; einen Schlüssel erzeugt „{command}“").format(
+                    n=MIN_METRICS_TOKEN_BYTES, command=MAKE_A_KEY
+                )
+            )
+        return token
 
 
 class Topic(_Section):
@@ -174,10 +201,40 @@ class SubscriberSettings(_Section):
 
 
 class SecuritySettings(_Section):
-    secret_key: SecretStr = SecretStr("demo-secret-change-me-demo-secret-change-me")
+    # No default: a key in the source would be everyone's key (it signs confirmation, unsubscribe
+    # and preferences links and derives the webhook secret and suppression hashes). Empty means
+    # "not configured"; whatever signs takes it through signing_key(), which refuses.
+    secret_key: SecretStr = SecretStr("")
     session_hours: int = Field(default=12, ge=1, description="a staff login lasts this long")
     login_attempts: int = Field(default=5, ge=1, description="failed logins before a lockout")
     lockout_minutes: int = Field(default=5, ge=1, description="first lockout; doubles each time")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if len(key.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(
+                _("zu kurz: mindestens {n} Bytes; einen Schlüssel erzeugt „{command}“").format(
+                    n=MIN_SECRET_KEY_BYTES, command=MAKE_A_KEY
+                )
+            )
+        return key
+
+    def signing_key(self) -> bytes:
+        """The key that signs links and forms; ``ConfigError`` naming the setting while none is
+        configured."""
+        key = self.secret_key.get_secret_value()
+        if not key:
+            raise ConfigError(missing_secret_key())
+        return key.encode()
+
+
+def missing_secret_key() -> str:
+    return _(
+        "security.secret_key: fehlt – erzeugen Sie einen Schlüssel mit „{command}“ und setzen Sie "
+        "ihn in der Konfiguration oder als Datei über BZI_SECURITY_SECRET_KEY_FILE "
+        "(zum Ausprobieren ohne Schlüssel: serve --demo)"
+    ).format(command=MAKE_A_KEY)
 
 
 class LoggingSettings(_Section):
@@ -212,6 +269,7 @@ class Settings(_Section):
             self.telegram.token,
             self.telegram.webhook_secret,
             self.security.secret_key,
+            self.web.metrics_token,
         ]
         found = [v.get_secret_value() for v in values if v is not None]
         password = _url_password(self.database.url)
@@ -224,14 +282,20 @@ SECRET_WORDS = ("password", "secret", "token", "key")
 IGNORED_VARIABLES = frozenset({"BZI_LANG", "BZI_LOG_LEVEL"})
 
 
-def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path | None, environ: Mapping[str, str] | None = None, *, signing: bool = False
+) -> Settings:
     """Read ``path`` (TOML, optional) and the environment; ``ConfigError`` names each problem,
-    with the file line or the environment variable it came from."""
+    with the file line or the environment variable it came from. ``signing``: the caller signs
+    links or forms, so ``security.secret_key`` must be set."""
     text = _read_text(path) if path else ""
     data = _parse_toml(path, text) if path else {}
     origins = _Origins(path, text)
     problems: list[str] = []
     _apply_environment(data, os.environ if environ is None else environ, problems, origins)
+    problems.extend(_retired(data, origins))
+    if signing and not _has_key(data):
+        problems.append(missing_secret_key())
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -293,6 +357,31 @@ class _Origins:
         return None
 
 
+def _has_key(data: dict[str, Any]) -> bool:
+    """Whether a key is given at all (one too short is the validation's to report)."""
+    security = data.get("security")
+    return isinstance(security, dict) and security.get("secret_key") is not None
+
+
+def _retired(data: dict[str, Any], origins: _Origins) -> list[str]:
+    """Settings that are gone: dropped when they are off, refused (with their successor) when
+    they would have meant something."""
+    web = data.get("web")
+    if not isinstance(web, dict) or "trust_proxy" not in web:
+        return []
+    # trust_proxy = true believed any X-Forwarded-For; which proxies to believe cannot be
+    # guessed, so the operator names them.
+    if str(web.pop("trust_proxy")).lower() in ("false", "0", ""):
+        return []
+    where = origins.of(("web", "trust_proxy"))
+    return [
+        _(
+            "web.trust_proxy: ersetzt durch web.trusted_proxies – die Adressen Ihrer "
+            'Reverse-Proxys, z. B. ["127.0.0.1"]{origin}'
+        ).format(origin=f" ({where})" if where else "")
+    ]
+
+
 def _apply_environment(
     data: dict[str, Any], environ: Mapping[str, str], problems: list[str], origins: _Origins
 ) -> None:
@@ -306,7 +395,10 @@ def _apply_environment(
             continue
         name = variable[4:].lower()
         if name.endswith("_file"):
-            name, value = name[:-5], _read_secret(variable, value, problems)
+            name, secret = name[:-5], _read_secret(variable, value, problems)
+            if secret is None:
+                continue  # reported; the setting's own complaints would only repeat it
+            value = secret
         section, _sep, key = name.partition("_")
         if section in sections and key:
             data.setdefault(section, {})[key] = _list_or_text(section, key, value)
@@ -331,7 +423,7 @@ def _list_or_text(section: str, key: str, value: str) -> Any:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _read_secret(variable: str, path: str, problems: list[str]) -> str:
+def _read_secret(variable: str, path: str, problems: list[str]) -> str | None:
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -340,7 +432,14 @@ def _read_secret(variable: str, path: str, problems: list[str]) -> str:
                 variable=variable, path=path, reason=exc.strerror
             )
         )
-        return ""
+        return None
+    except UnicodeDecodeError:
+        problems.append(
+            _("{variable}: Datei {path} ist keine UTF-8-Textdatei").format(
+                variable=variable, path=path
+            )
+        )
+        return None
 
 
 def _describe(error: Any, origins: _Origins) -> str:
@@ -377,6 +476,7 @@ def _problem(error: Any) -> str:
         "model_type": _("erwartet einen Abschnitt (Tabelle)"),
         "dict_type": _("erwartet einen Abschnitt (Tabelle)"),
         "missing": _("fehlt"),
+        "ip_any_network": _("keine IP-Adresse und kein Netz (z. B. 10.0.0.0/8)"),
     }
     if kind in simple:
         return simple[kind]

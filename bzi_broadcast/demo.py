@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -90,6 +91,7 @@ class DemoState:
     def load_or_create(cls, directory: Path) -> DemoState:
         path = directory / STATE_FILE
         if path.exists():
+            path.chmod(0o600)  # written by an older version with the umask's mode
             data = json.loads(path.read_text(encoding="utf-8"))
             accounts = [Account(**{**a, "role": Role(a["role"])}) for a in data["accounts"]]
             return cls(
@@ -114,11 +116,24 @@ class DemoState:
             "secret_key": self.secret_key,
             "draft_id": self.draft_id,
         }
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        path.chmod(0o600)
+        _write_private(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
     def account(self, role: Role) -> Account:
         return next(a for a in self.accounts if a.role == role)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by this user only from the first byte on (it
+    holds the signing key and the passwords)."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        partial.chmod(0o600)  # whatever the umask took away, never more than this
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @dataclass(kw_only=True)
@@ -359,6 +374,7 @@ async def run_demo(base: Settings, port: int | None, database: str | None = None
 
     The database is ``./data/demo.sqlite3`` unless ``database`` (``--database``) names one."""
     from bzi_broadcast.service import Service  # the service imports the web app, which is big
+    from bzi_broadcast.web import operations
     from bzi_broadcast.web.demo import demo_setup
 
     state = DemoState.load_or_create(DATA_DIR)
@@ -366,7 +382,8 @@ async def run_demo(base: Settings, port: int | None, database: str | None = None
     async with local_servers() as servers:
         settings = demo_settings(base, servers, state, port, database)
         logs.configure(settings.logging, settings.secrets())
-        service = Service(settings, extra_setups=[demo_setup(servers, state)])
+        extras = [demo_setup(servers, state), operations.open_metrics]
+        service = Service(settings, extra_setups=extras)
         service.install_signal_handlers()
         await seed(service.engine, settings, state)
         running = asyncio.create_task(service.run())

@@ -162,7 +162,8 @@ def mastodon_channel(
 
 
 def signer(settings: Settings) -> TokenSigner:
-    return TokenSigner(settings.security.secret_key.get_secret_value().encode())
+    """``ConfigError`` naming ``security.secret_key`` while none is configured."""
+    return TokenSigner(settings.security.signing_key())
 
 
 def open_engine(settings: Settings) -> AsyncEngine:
@@ -307,7 +308,7 @@ class Service:
         if delivery.channel == "telegram":  # the person blocked the bot: stop writing to them
             await set_telegram_chat(self.engine, delivery.subscriber_id, None)
             return
-        key = self.settings.security.secret_key.get_secret_value().encode()
+        key = self.settings.security.signing_key()
         await suppress(
             self.engine, delivery.recipient, reason="hard_bounce", detail=reason, key=key
         )

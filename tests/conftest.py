@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from bzi_broadcast.render import Renderer
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_SECRET_KEY = "test-secret-key-of-the-test-suite-0123456789"
+# `serve`, `queue` and `subscribers import` refuse to start without a key: the commands the tests
+# start inherit this one (the tests of a missing key start theirs without any BZI_ variable).
+os.environ.setdefault("BZI_SECURITY_SECRET_KEY", TEST_SECRET_KEY)
 EXAMPLE = ROOT / "config" / "examples" / "weltoffene-kommunen.yaml"
 ARTIFACTS = ROOT / "artifacts"
 IN_CI = os.environ.get("CI", "").lower() == "true"

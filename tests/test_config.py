@@ -17,6 +17,8 @@ from bzi_broadcast.config import Settings, load_settings
 from bzi_broadcast.errors import ConfigError
 from bzi_broadcast.testing.smtp import SmtpCapture
 
+from .conftest import TEST_SECRET_KEY
+
 EXIT_BAD_CONFIGURATION = 2
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +31,12 @@ def serve(
         [sys.executable, "-m", "bzi_broadcast", *args, "serve"],
         capture_output=True,
         text=True,
-        env={**clean, "BZI_DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}", **env},
+        env={
+            **clean,
+            "BZI_DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+            "BZI_SECURITY_SECRET_KEY": TEST_SECRET_KEY,
+            **env,
+        },
         cwd=workdir,
         timeout=timeout,
     )

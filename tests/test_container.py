@@ -18,6 +18,8 @@ import pytest
 
 from bzi_broadcast.testing.smtp import SmtpCapture
 
+from .conftest import TEST_SECRET_KEY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +64,7 @@ async def test_the_image_command_runs_from_the_installed_wheel(
                 "HOME": str(workdir),
                 "BZI_DATABASE_URL": pg_database_url,
                 "BZI_SMTP_PORT": str(smtp.port),
+                "BZI_SECURITY_SECRET_KEY": TEST_SECRET_KEY,
                 "BZI_WEB_PORT": str(port),
             },
             stderr=subprocess.PIPE,

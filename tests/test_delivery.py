@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,9 +26,12 @@ from bzi_broadcast.service import Service
 from bzi_broadcast.store.schema import deliveries, subscribers, suppressions
 from bzi_broadcast.testing.smtp import Fault, FaultPlan, SmtpCapture
 
+from .conftest import TEST_SECRET_KEY
 from .test_store import add_subscribers
 
 T = TypeVar("T")
+TEST_METRICS_TOKEN = "test-metrics-token"
+METRICS_AUTH = {"Authorization": f"Bearer {TEST_METRICS_TOKEN}"}
 
 
 def settings_for(database_url: str, port: int, **delivery: object) -> Settings:
@@ -35,7 +39,10 @@ def settings_for(database_url: str, port: int, **delivery: object) -> Settings:
     return base.model_copy(
         update={
             "database": base.database.model_copy(update={"url": database_url}),
-            "web": base.web.model_copy(update={"port": 0}),
+            "web": base.web.model_copy(
+                update={"port": 0, "metrics_token": SecretStr(TEST_METRICS_TOKEN)}
+            ),
+            "security": base.security.model_copy(update={"secret_key": SecretStr(TEST_SECRET_KEY)}),
             "smtp": base.smtp.model_copy(
                 update={"port": port, "pool_size": 4, "rate_per_second": 10000, "burst": 1000}
             ),

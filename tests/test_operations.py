@@ -364,7 +364,7 @@ async def test_metrics_after_a_small_send(engine: AsyncEngine, database_url: str
     from bzi_broadcast.staff.accounts import LoginRefused, authenticate
     from bzi_broadcast.testing.telegram import Limits, TelegramServer
 
-    from .test_delivery import serving, settings_for
+    from .test_delivery import METRICS_AUTH, serving, settings_for
     from .test_store import add_subscribers
 
     await add_subscribers(engine, 3)
@@ -403,7 +403,7 @@ async def test_metrics_after_a_small_send(engine: AsyncEngine, database_url: str
                     publish_at=datetime.now(UTC),
                 )
                 await wait_until(lambda: _has_status(engine, announcement_id, S.SENT), timeout=60)
-                async with client.get(f"{url}/metrics") as answer:
+                async with client.get(f"{url}/metrics", headers=METRICS_AUTH) as answer:
                     assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
                     metrics = parse_exposition(await answer.text())
     finally:

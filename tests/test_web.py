@@ -12,7 +12,7 @@ from bzi_broadcast.service import Service
 from bzi_broadcast.testing.smtp import SmtpCapture
 from bzi_broadcast.web import routes
 
-from .test_delivery import serving, settings_for
+from .test_delivery import METRICS_AUTH, serving, settings_for
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ async def test_ready_reports_the_database_and_channel_health_and_metrics_count_r
         async with http.get(f"{base}/readyz") as answer:
             body = await answer.json()
             assert answer.status == 200
-        async with http.get(f"{base}/metrics") as answer:
+        async with http.get(f"{base}/metrics", headers=METRICS_AUTH) as answer:
             metrics = await answer.text()
     assert body["migrations"] == "current"
     assert body["channels"]["mastodon"]["reason"] == "Mastodon muss neu verbunden werden"

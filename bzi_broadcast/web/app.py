@@ -8,9 +8,10 @@ traceback and shown as a short page, never as a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -61,7 +62,8 @@ STATIC_DIR = Path(__file__).parent / "static"  # vendored scripts; no CDN
 
 def create_app(context: WebContext, *setups: Callable[[web.Application], None]) -> web.Application:
     app = web.Application(
-        middlewares=[_language, _errors, _security_headers], client_max_size=256 * 1024
+        middlewares=[_forwarded, _language, _errors, _security_headers],
+        client_max_size=256 * 1024,
     )
     app[CONTEXT] = context
     app.router.add_get("/healthz", _healthz)
@@ -80,11 +82,59 @@ def language_of(request: web.Request) -> str:
 
 
 def client_ip(request: web.Request) -> str | None:
-    if context_of(request).settings.web.trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
+    """The client's address; behind trusted proxies already taken from X-Forwarded-For."""
     return request.remote
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Network]) -> str:
+    """The rightmost hop of ``X-Forwarded-For`` + ``peer`` that is no trusted proxy.
+
+    Each proxy appends the address it was talked to from, so everything left of the last
+    untrusted hop is what somebody claimed; it is never read. When every hop is a proxy, the
+    farthest one is the client; an unreadable hop ends the walk at the proxy that passed it on.
+    """
+    hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+    client = peer
+    for hop in [peer, *reversed(hops)]:
+        address = _address(hop)
+        if address is None:
+            return client
+        client = str(address)
+        if not any(address in network for network in proxies):
+            return client
+    return client
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:a.b.c.d from a dual-stack socket
+    return mapped or address
+
+
+@web.middleware
+async def _forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Behind a trusted proxy: the client's address and the scheme it used (for ``Secure``
+    cookies and links) from the proxy's headers; from anyone else they are ignored."""
+    proxies = context_of(request).settings.web.trusted_proxies
+    peer = request.remote
+    if not proxies or peer is None or not _trusted(peer, proxies):
+        return await handler(request)
+    remote = client_address(peer, request.headers.get("X-Forwarded-For"), proxies)
+    # the proxy nearest to us set or appended the last value
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+    scheme = proto if proto in ("http", "https") else request.scheme
+    return await handler(request.clone(remote=remote, scheme=scheme))
+
+
+def _trusted(peer: str, proxies: Sequence[Network]) -> bool:
+    address = _address(peer)
+    return address is not None and any(address in network for network in proxies)
 
 
 def page(request: web.Request, template: str, *, status: int = 200, **values: Any) -> web.Response:
@@ -151,7 +201,12 @@ async def _language(request: web.Request, handler: Handler) -> web.StreamRespons
         response = await handler(request)
     if chosen in LOCALES:
         response.set_cookie(
-            LANGUAGE_COOKIE, language, max_age=365 * 86400, samesite="Lax", httponly=True
+            LANGUAGE_COOKIE,
+            language,
+            max_age=365 * 86400,
+            samesite="Lax",
+            httponly=True,
+            secure=request.secure,
         )
     return response
 

@@ -3,13 +3,16 @@
 ``/healthz`` (in ``app``) only says the process is alive. ``/readyz`` checks the database, that
 its schema is current, and reports each channel's health ("needs reconnect" and other pauses);
 it answers 503 while the database is unreachable or behind. ``/metrics`` is the text exposition
-format 0.0.4. What the database records (deliveries by state, queue depth, scheduler lag, failed
-logins, subscribers, announcements) is counted at scrape time, so every replica reports the same
-totals; send latencies and rate-limiter waits are this process's own (``bzi_broadcast.metrics``).
+format 0.0.4, for a scraper that sends ``web.metrics_token`` as a bearer token; without a token
+configured it answers 404 (the demo keeps it open). What the database records (deliveries by
+state, queue depth, scheduler lag, failed logins, subscribers, announcements) is counted at scrape
+time, so every replica reports the same totals; send latencies and rate-limiter waits are this
+process's own (``bzi_broadcast.metrics``).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any
 
@@ -24,15 +27,47 @@ from bzi_broadcast.delivery.lifecycle import DeliveryStatus
 from bzi_broadcast.metrics import CONTENT_TYPE, family, process_exposition
 from bzi_broadcast.store.engine import is_current
 from bzi_broadcast.store.schema import announcements, audit_log, deliveries, subscribers
-from bzi_broadcast.web.app import context_of
+from bzi_broadcast.web.app import CONTEXT, context_of
 
 log = logging.getLogger(__name__)
 LAG_RELEASES = 10  # the scheduler lag is reported over this many most recent releases
 
 
+OPEN_METRICS = web.AppKey("open_metrics", bool)  # the demo: /metrics without a token
+CHALLENGE = 'Bearer realm="metrics"'
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/readyz", _ready)
     app.router.add_get("/metrics", _metrics)
+    app.on_startup.append(_warn_if_closed)
+
+
+def open_metrics(app: web.Application) -> None:
+    """For the demo, which has nothing to hide and no scraper to configure."""
+    app[OPEN_METRICS] = True
+
+
+async def _warn_if_closed(app: web.Application) -> None:
+    if app[CONTEXT].settings.web.metrics_token is None and not app.get(OPEN_METRICS, False):
+        log.warning(
+            "metrics disabled: /metrics answers 404 until web.metrics_token "
+            "(or BZI_WEB_METRICS_TOKEN_FILE) is set"
+        )
+
+
+def _check_scraper(request: web.Request) -> None:
+    """404 while no token is configured (outside the demo); 401 unless the request brings it."""
+    if request.app.get(OPEN_METRICS, False):
+        return
+    token = context_of(request).settings.web.metrics_token
+    if token is None:
+        raise web.HTTPNotFound()
+    scheme, _sep, given = request.headers.get("Authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        error = ', error="invalid_token"' if scheme.lower() == "bearer" else ""
+        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": CHALLENGE + error})
 
 
 def enabled_channels(settings: Settings) -> list[str]:
@@ -69,6 +104,7 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    _check_scraper(request)
     context = context_of(request)
     channels = enabled_channels(context.settings)
     try:
