@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import getpass
 import json
 import sys
@@ -23,6 +24,7 @@ from bzi_broadcast.content.model import localize
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.outbox import Counts, Outbox
 from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.files import FileRefused, read_capped
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
 from bzi_broadcast.staff import media
@@ -34,6 +36,7 @@ from bzi_broadcast.subscribers.store import ImportOptions, ImportReport, import_
 
 T = TypeVar("T")
 ACTOR = "cli"
+CSV_MAX_BYTES = 8 * 1024 * 1024  # as much as the API's import takes
 
 
 def settings_of(args: argparse.Namespace, *, signing: bool = False) -> Settings:
@@ -118,14 +121,12 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    try:
-        text = Path(args.file).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BroadcastError(
-            _("{path} kann nicht gelesen werden: {reason}").format(path=args.file, reason=exc)
-        ) from None
     report = ImportReport()
-    lines = list(parse_csv(text, report))
+    try:
+        lines = list(parse_csv(_read_csv(Path(args.file)), report))
+    except (FileRefused, csv.Error) as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 2  # bad input, as for an announcement file (cli.EXIT_BAD_INPUT)
     settings = settings_of(args, signing=True)
     key = settings.security.signing_key()
     options = ImportOptions(
@@ -144,6 +145,18 @@ def run_import(args: argparse.Namespace) -> int:
     ).format(m=len(report.problems))
     print(f"{imported}, {skipped}.")
     return 1 if report.problems else 0
+
+
+def _read_csv(path: Path) -> str:
+    """The file's text: a regular file of at most 8 MB (as the API takes), in UTF-8."""
+    raw = read_capped(path, CSV_MAX_BYTES)
+    if len(raw) > CSV_MAX_BYTES:
+        raise FileRefused(_("die Datei ist größer als 8 MB"))
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        message = _("die Datei ist nicht UTF-8-kodiert (Byte {offset})")
+        raise FileRefused(message.format(offset=exc.start)) from None
 
 
 def run_user_add(args: argparse.Namespace) -> int:
