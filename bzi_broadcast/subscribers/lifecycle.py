@@ -225,7 +225,7 @@ class Subscriptions:
                 )
             ).first()
         fits = row is not None and (
-            hmac.compare_digest(row.link_key, key)
+            hmac.compare_digest(row.link_key.encode(), key.encode())
             if key
             else row.created_at <= self._issued(payload) + timedelta(seconds=1)
         )
