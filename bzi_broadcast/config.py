@@ -208,6 +208,10 @@ class SecuritySettings(_Section):
     session_hours: int = Field(default=12, ge=1, description="a staff login lasts this long")
     login_attempts: int = Field(default=5, ge=1, description="failed logins before a lockout")
     lockout_minutes: int = Field(default=5, ge=1, description="first lockout; doubles each time")
+    lockout_max_minutes: int = Field(default=60, ge=1, description="the longest lockout")
+    login_attempts_per_ip: int = Field(
+        default=20, ge=1, description="failed logins from one address (IPv6: its /64) in 15 min"
+    )
 
     @field_validator("secret_key")
     @classmethod

@@ -93,7 +93,7 @@ async def test_wrong_passwords_lock_the_account_and_unknown_addresses_say_the_sa
             await login(http, "eva@bzi.example.org", "falsch-falsch-falsch")
         status, page = await login(http, "eva@bzi.example.org", PASSWORD)
         assert status == 401  # locked: even the right password is refused now
-        assert "Zu viele Fehlversuche" in page
+        assert "E-Mail-Adresse oder Passwort stimmen nicht" in page  # the same answer
     async with engine.connect() as conn:
         locked = (
             await conn.execute(select(users.c.locked_until).where(users.c.name == "Eva"))

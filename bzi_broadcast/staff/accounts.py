@@ -3,12 +3,15 @@
 Roles are ranked: an editor drafts; a publisher also approves, schedules and sends; an admin also
 manages users and settings. A failed login counts against the account; after
 ``security.login_attempts`` in a row it is locked for ``lockout_minutes``, doubling with each
-further lockout. Unknown addresses cost the same hashing time as known ones. Session ids are
-random, sent only in the cookie, and stored as their SHA-256.
+further lockout up to ``lockout_max_minutes`` (an admin lifts it sooner). Failed logins also count
+against the client's network (``login_attempts_per_ip`` per 15 minutes). Unknown, wrong and
+locked answer alike after the same argon2 work. Session ids are random, sent only in the cookie,
+and stored as their SHA-256.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -26,12 +29,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bzi_broadcast.config import SecuritySettings
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.staff import throttle
 from bzi_broadcast.store.announcements import utcnow
 from bzi_broadcast.store.schema import api_tokens, audit_log, sessions, users
 
 MIN_PASSWORD = 12
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
-_DUMMY = _HASHER.hash("not a password of anyone, used to spend the same time")
+# Verified instead of a real hash for unknown or locked accounts, to spend the same time; its
+# password is random, and even a match is refused.
+_DUMMY = _HASHER.hash(secrets.token_urlsafe(32))
+IP_KEY = "login:"  # throttles key prefix, then the client network
+IP_WINDOW = timedelta(minutes=15)
 
 
 class Role(StrEnum):
@@ -57,15 +65,33 @@ class User:
 
 
 class LoginRefused(BroadcastError):
-    """Wrong address or password, or the account is locked (``until``)."""
+    """Unknown address, wrong password or a locked account: one answer for all three, so the
+    answer tells nobody which addresses have accounts."""
 
-    def __init__(self, until: datetime | None = None) -> None:
+    retry_after: int | None = None
+
+    def __init__(self) -> None:
         super().__init__(
-            _("Anmeldung fehlgeschlagen: E-Mail-Adresse oder Passwort stimmen nicht.")
-            if until is None
-            else _("Zu viele Fehlversuche. Bitte versuchen Sie es später erneut.")
+            _(
+                "Anmeldung fehlgeschlagen: E-Mail-Adresse oder Passwort stimmen nicht. Nach "
+                "mehreren Fehlversuchen bleibt die Anmeldung einige Minuten lang gesperrt."
+            )
         )
-        self.until = until
+
+
+class LoginThrottled(LoginRefused):
+    """Too many failed logins from this client's network; it may try again in ``retry_after``
+    seconds (this says nothing about any account)."""
+
+    def __init__(self, retry_after: int) -> None:
+        BroadcastError.__init__(
+            self,
+            _(
+                "Zu viele Fehlversuche von Ihrem Anschluss. Bitte versuchen Sie es in {minutes} "
+                "Minuten erneut."
+            ).format(minutes=max(1, -(-retry_after // 60))),
+        )
+        self.retry_after = retry_after
 
 
 async def add_user(
@@ -98,7 +124,7 @@ async def add_user(
             )
             user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
             detail = {"user_id": user_id, "role": str(role)}
-            await _audit(conn, actor.id if actor else None, "user.added", detail, None)
+            await audit(conn, actor.id if actor else None, "user.added", detail, None)
             return user_id
     except IntegrityError:
         raise BroadcastError(
@@ -109,49 +135,83 @@ async def add_user(
 async def authenticate(
     engine: AsyncEngine, security: SecuritySettings, email: str, password: str, ip: str | None
 ) -> User:
-    """The user, or ``LoginRefused`` after the failure is counted and audited (committed)."""
+    """The user, or ``LoginRefused`` after the failure is counted and audited.
+
+    Unknown address, wrong password and locked account answer alike after the same work: one
+    argon2 verification, against a dummy hash unless the account is open. A client network over
+    ``login_attempts_per_ip`` failures is refused before any account is looked at, so its guesses
+    neither cost hashing time nor lock anyone out."""
+    client = throttle.network(ip)
+    if client is not None:
+        await _refuse_busy_network(engine, security, client, ip)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(users).where(users.c.email == email.strip().lower()))
+        ).first()
+    is_open = row is not None and not _locked(row, utcnow())
+    hashed = row.password_hash if row is not None and is_open else _DUMMY
+    if await asyncio.to_thread(_verify, hashed, password) and is_open:
+        return await _succeeded(engine, row, password, ip)
+    if client is not None:
+        await throttle.count(engine, IP_KEY + client, IP_WINDOW)
     async with engine.begin() as conn:
-        outcome = await _attempt(conn, security, email, password, ip)
-    if isinstance(outcome, LoginRefused):
-        raise outcome
-    return outcome
+        await _failed(conn, security, row, ip)
+    raise LoginRefused()
 
 
-async def _attempt(
-    conn: Any, security: SecuritySettings, email: str, password: str, ip: str | None
-) -> User | LoginRefused:
-    now = utcnow()
-    row = (
-        await conn.execute(
-            select(users).where(users.c.email == email.strip().lower()).with_for_update()
-        )
-    ).first()
-    if row is None:
-        _verify(_DUMMY, password)
-        await _audit(conn, None, "login.failed", {"reason": "unknown"}, ip)
-        return LoginRefused()
-    if row.locked_until is not None and row.locked_until > now:
-        await _audit(conn, row.id, "login.locked", None, ip)
-        return LoginRefused(row.locked_until)
-    if not _verify(row.password_hash, password):
-        failed = row.failed_logins + 1
-        values: dict[str, Any] = {"failed_logins": failed}
-        if failed >= security.login_attempts:
-            minutes = security.lockout_minutes * 2 ** min(row.lockouts, 10)
-            values |= {
-                "failed_logins": 0,
-                "lockouts": row.lockouts + 1,
-                "locked_until": now + timedelta(minutes=minutes),
-            }
-        await conn.execute(update(users).where(users.c.id == row.id).values(**values))
-        await _audit(conn, row.id, "login.failed", {"reason": "password"}, ip)
-        return LoginRefused(values.get("locked_until"))
-    values = {"failed_logins": 0, "lockouts": 0, "locked_until": None}
+async def _refuse_busy_network(
+    engine: AsyncEngine, security: SecuritySettings, client: str, ip: str | None
+) -> None:
+    window = await throttle.current(engine, IP_KEY + client)
+    if window is not None and window.count >= security.login_attempts_per_ip:
+        async with engine.begin() as conn:
+            await audit(conn, None, "login.throttled", None, ip)
+        raise LoginThrottled(window.seconds_left(utcnow()))
+
+
+async def _succeeded(engine: AsyncEngine, row: Any, password: str, ip: str | None) -> User:
+    values: dict[str, Any] = {"failed_logins": 0, "lockouts": 0, "locked_until": None}
     if _HASHER.check_needs_rehash(row.password_hash):
-        values["password_hash"] = _HASHER.hash(password)
-    await conn.execute(update(users).where(users.c.id == row.id).values(**values))
-    await _audit(conn, row.id, "login", None, ip)
+        values["password_hash"] = await asyncio.to_thread(_HASHER.hash, password)
+    async with engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.id == row.id).values(**values))
+        await audit(conn, row.id, "login", None, ip)
     return _user(row)
+
+
+async def _failed(conn: Any, security: SecuritySettings, seen: Any, ip: str | None) -> None:
+    """Count a wrong password against the account (unless it is locked: waiting out a lock is
+    not prolonged by more guesses); the lock doubles with every lockout up to the cap."""
+    row = None
+    if seen is not None:
+        query = select(users).where(users.c.id == seen.id).with_for_update()
+        row = (await conn.execute(query)).first()
+    if row is None:
+        await audit(conn, None, "login.failed", {"reason": "unknown"}, ip)
+        return
+    now = utcnow()
+    if _locked(row, now):
+        await audit(conn, row.id, "login.locked", None, ip)
+        return
+    values: dict[str, Any] = {"failed_logins": row.failed_logins + 1}
+    if values["failed_logins"] >= security.login_attempts:
+        values = {
+            "failed_logins": 0,
+            "lockouts": row.lockouts + 1,
+            "locked_until": now + lockout(security, row.lockouts),
+        }
+    await conn.execute(update(users).where(users.c.id == row.id).values(**values))
+    await audit(conn, row.id, "login.failed", {"reason": "password"}, ip)
+
+
+def lockout(security: SecuritySettings, earlier: int) -> timedelta:
+    """How long the lockout after ``earlier`` ones lasts: doubling, at most the cap."""
+    minutes = security.lockout_minutes * 2 ** min(earlier, 16)
+    return timedelta(minutes=min(minutes, security.lockout_max_minutes))
+
+
+def _locked(row: Any, now: datetime) -> bool:
+    return row.locked_until is not None and bool(row.locked_until > now)
 
 
 async def start_session(engine: AsyncEngine, user: User, hours: int) -> str:
@@ -194,7 +254,7 @@ async def end_session(engine: AsyncEngine, raw: str | None, ip: str | None) -> N
         ).first()
         await conn.execute(delete(sessions).where(sessions.c.id_hash == _digest(raw)))
         if row is not None:
-            await _audit(conn, row.user_id, "logout", None, ip)
+            await audit(conn, row.user_id, "logout", None, ip)
 
 
 API_TOKEN_PREFIX = "bzi_"  # noqa: S105 - a prefix, not a secret
@@ -212,7 +272,7 @@ async def create_api_token(engine: AsyncEngine, user: User, name: str) -> str:
                 created_at=utcnow(),
             )
         )
-        await _audit(conn, user.id, "api_token.created", {"name": name.strip()[:100]}, None)
+        await audit(conn, user.id, "api_token.created", {"name": name.strip()[:100]}, None)
     return raw
 
 
@@ -246,9 +306,10 @@ async def user_by_email(engine: AsyncEngine, email: str) -> User | None:
     return _user(row) if row is not None else None
 
 
-async def _audit(
+async def audit(
     conn: Any, user_id: int | None, action: str, detail: dict[str, Any] | None, ip: str | None
 ) -> None:
+    """One line in the audit log, written in the caller's transaction."""
     await conn.execute(
         insert(audit_log).values(
             at=utcnow(),
@@ -304,7 +365,7 @@ async def change_user(
         if changed.rowcount != 1:
             raise BroadcastError(_("Dieses Konto gibt es nicht."))
         detail = {"user_id": user_id, "role": values.get("role"), "unlocked": unlock}
-        await _audit(conn, actor.id, "user.changed", detail, ip)
+        await audit(conn, actor.id, "user.changed", detail, ip)
 
 
 async def remove_user(
@@ -322,7 +383,7 @@ async def remove_user(
         removed = await conn.execute(delete(users).where(users.c.id == user_id))
         if removed.rowcount != 1:
             raise BroadcastError(_("Dieses Konto gibt es nicht."))
-        await _audit(conn, actor.id, "user.removed", {"user_id": user_id}, ip)
+        await audit(conn, actor.id, "user.removed", {"user_id": user_id}, ip)
 
 
 async def change_password(
@@ -342,7 +403,7 @@ async def change_password(
     async with engine.begin() as conn:
         row = (await conn.execute(select(users).where(users.c.id == user.id))).one()
         if not _verify(row.password_hash, current):
-            await _audit(conn, user.id, "password.refused", None, ip)
+            await audit(conn, user.id, "password.refused", None, ip)
             raise BroadcastError(_("Das bisherige Passwort stimmt nicht."))
         await conn.execute(
             update(users).where(users.c.id == user.id).values(password_hash=_HASHER.hash(new))
@@ -352,4 +413,4 @@ async def change_password(
                 sessions.c.user_id == user.id, sessions.c.id_hash != _digest(keep_session or "")
             )
         )
-        await _audit(conn, user.id, "password.changed", None, ip)
+        await audit(conn, user.id, "password.changed", None, ip)

@@ -97,18 +97,7 @@ async def _login(request: web.Request) -> web.Response:
             client_ip(request),
         )
     except LoginRefused as refused:
-        response = web.Response(status=401)
-        token = csrf_token(request, response)
-        rendered = page(
-            request,
-            "admin_anmelden.html.j2",
-            status=401,
-            csrf=token,
-            email=email,
-            problem=refused.message,
-        )
-        rendered.cookies.update(response.cookies)
-        return rendered
+        return _refused_login(request, email, refused)
     await end_session(context.engine, request.cookies.get(SESSION_COOKIE), None)
     raw = await start_session(context.engine, user, context.settings.security.session_hours)
     response = web.HTTPSeeOther("/admin")
@@ -122,6 +111,25 @@ async def _login(request: web.Request) -> web.Response:
         max_age=context.settings.security.session_hours * 3600,
     )
     raise response
+
+
+def _refused_login(request: web.Request, email: str, refused: LoginRefused) -> web.Response:
+    """401 alike for unknown, wrong and locked; 429 with Retry-After for a busy client network."""
+    status = 401 if refused.retry_after is None else 429
+    response = web.Response(status=status)
+    token = csrf_token(request, response)
+    rendered = page(
+        request,
+        "admin_anmelden.html.j2",
+        status=status,
+        csrf=token,
+        email=email,
+        problem=refused.message,
+    )
+    rendered.cookies.update(response.cookies)
+    if refused.retry_after is not None:
+        rendered.headers["Retry-After"] = str(refused.retry_after)
+    return rendered
 
 
 async def _logout(request: web.Request) -> web.Response:
