@@ -27,8 +27,9 @@ from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.files import FileRefused, read_capped
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
-from bzi_broadcast.staff import media
+from bzi_broadcast.staff import media, workflow
 from bzi_broadcast.staff.accounts import Role, add_user, create_api_token, user_by_email
+from bzi_broadcast.staff.permissions import Operator
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
 from bzi_broadcast.subscribers import gdpr
@@ -101,17 +102,35 @@ def _parse_time(value: str) -> datetime:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    stopped = with_engine(args, lambda e: control.cancel(e, args.id, actor=ACTOR))
+    """Through the workflow, as the operator: checked, audited, and waiting (at most one lease)
+    for the sends in flight, so the numbers printed are the ones stored."""
+    lease = settings_of(args).delivery.lease_seconds
+    report = with_engine(args, lambda e: workflow.cancel(e, args.id, _operator(), settle=lease))
     print(
-        _("Ankündigung {id} abgebrochen; {n} Zustellungen gestoppt.").format(id=args.id, n=stopped)
+        _("Ankündigung {id} abgebrochen: {summary}.").format(id=args.id, summary=report.summary())
     )
     return 0
 
 
 def run_retry_failed(args: argparse.Namespace) -> int:
-    count = with_engine(args, lambda e: control.retry_failed(e, args.id, actor=ACTOR))
-    print(_("{n} fehlgeschlagene Zustellungen erneut eingereiht.").format(n=count))
+    count = with_engine(args, lambda e: workflow.retry_failed(e, args.id, _operator()))
+    print(
+        ngettext(
+            "{n} fehlgeschlagene Zustellung erneut eingereiht.",
+            "{n} fehlgeschlagene Zustellungen erneut eingereiht.",
+            count,
+        ).format(n=count)
+    )
     return 0
+
+
+def _operator() -> Operator:
+    """Who runs the command line on the server, named in the audit log."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (e.g. in a container)
+        name = "cli"
+    return Operator(name=name)
 
 
 def run_resume(args: argparse.Namespace) -> int:

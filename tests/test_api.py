@@ -392,15 +392,15 @@ async def test_subscribers_import_list_export_erase(api: Api, engine: AsyncEngin
         "bob@example.org",
     ]
     erased = await api.call(
-        "POST", "/subscribers/erase", "publisher", json_body={"email": "Ada@Example.org"}
+        "POST", "/subscribers/erase", "admin", json_body={"email": "Ada@Example.org"}
     )
     assert erased.status == 204
     gone = await api.call(
-        "POST", "/subscribers/erase", "publisher", json_body={"email": "ada@example.org"}
+        "POST", "/subscribers/erase", "admin", json_body={"email": "ada@example.org"}
     )
     assert (gone.status, gone.type) == (404, PROBLEM)
     bob = (await api.call("GET", "/subscribers", "publisher")).body["items"][0]
-    deleted = await api.call("DELETE", f"/subscribers/{bob['id']}", "publisher")
+    deleted = await api.call("DELETE", f"/subscribers/{bob['id']}", "admin")
     assert deleted.status == 204
     async with engine.connect() as conn:
         assert (await conn.execute(select(subscribers.c.id))).all() == []
@@ -460,9 +460,9 @@ async def test_someone_who_only_uses_the_bot_can_be_erased_by_id(
         person = int(result.inserted_primary_key[0])  # type: ignore[index]
     by_editor = await api.call("DELETE", f"/subscribers/{person}")
     assert by_editor.status == 403
-    erased = await api.call("DELETE", f"/subscribers/{person}", "publisher")
+    erased = await api.call("DELETE", f"/subscribers/{person}", "admin")
     assert erased.status == 204
-    again = await api.call("DELETE", f"/subscribers/{person}", "publisher")
+    again = await api.call("DELETE", f"/subscribers/{person}", "admin")
     assert (again.status, again.type) == (404, PROBLEM)
     async with engine.connect() as conn:
         assert (await conn.execute(select(subscribers.c.id))).all() == []

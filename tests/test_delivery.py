@@ -23,6 +23,8 @@ from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.delivery.release import release
 from bzi_broadcast.service import Service
+from bzi_broadcast.staff import workflow
+from bzi_broadcast.staff.permissions import Operator
 from bzi_broadcast.store.schema import deliveries, subscribers, suppressions
 from bzi_broadcast.testing.smtp import Fault, FaultPlan, SmtpCapture
 
@@ -257,7 +259,7 @@ async def test_cancel_during_sending_stops_the_rest(engine: AsyncEngine, databas
     try:
         announcement_id = await queue_now(engine)
         await smtp.handler.wait_for(10)
-        await control.cancel(engine, announcement_id, actor="test")
+        await workflow.cancel(engine, announcement_id, Operator(name="test"))
         count_at_cancel = len(smtp.received)
         await wait_until(lambda: _no_sending(engine))
     finally:

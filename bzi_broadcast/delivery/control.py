@@ -1,24 +1,36 @@
-"""Staff operations on the lifecycle: queue, cancel, retry failed, expire, pause and resume.
+"""Operations on the lifecycle: queue, stop and settle a cancel, retry failed, expire, pause.
 
-Used alike by the CLI, the scheduler's sweep and (later) the web admin and API.
+Staff reach these through ``staff.workflow`` (permissions, audit log), whichever door they use;
+the scheduler's sweep calls ``expire_due`` itself.
+
+A cancel is honest about the sends in flight: the queued deliveries stop at once, while the ones
+a worker has claimed are its own until it either sends them (a server accepted them: they count
+as sent) or, seeing the announcement cancelled, hands them back (they are stopped). ``settle``
+waits for that, bounded, and reports what the database then holds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.content.model import Announcement
-from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
+from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
 from bzi_broadcast.delivery.outbox import cancel_undelivered, requeue_failed
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.i18n import ngettext
 from bzi_broadcast.store.announcements import Announcements, TransitionError, transition, utcnow
-from bzi_broadcast.store.schema import announcements, channel_state
+from bzi_broadcast.store.schema import announcements, channel_state, deliveries
 
 S = AnnouncementStatus
+D = DeliveryStatus
+SETTLE_SECONDS = 30.0  # how long a cancel waits for the sends in flight (web and API requests)
 
 
 async def queue(
@@ -44,14 +56,85 @@ async def queue(
     )
 
 
-async def cancel(engine: AsyncEngine, announcement_id: int, *, actor: str) -> int:
-    """Cancel before or during sending; returns how many deliveries were stopped."""
-    async with engine.begin() as conn:
-        if not await transition(conn, announcement_id, S.CANCELLED, actor=actor):
-            raise TransitionError(
-                _("Ankündigung {id} kann nicht mehr abgebrochen werden").format(id=announcement_id)
-            )
-        return await cancel_undelivered(conn, announcement_id)
+@dataclass(frozen=True, kw_only=True)
+class Cancellation:
+    """What a cancel left behind, as the database holds it once the sends in flight settled."""
+
+    stopped: int  # cancelled: never sent
+    sent: int  # accepted by a server before the cancel reached them
+    in_flight: int  # still claimed when the wait ran out: may yet be sent
+    failed: int = 0
+
+    def summary(self) -> str:
+        """„N Zustellungen gestoppt, M bereits gesendet, K noch unterwegs“."""
+        parts = [
+            ngettext("{n} Zustellung gestoppt", "{n} Zustellungen gestoppt", self.stopped).format(
+                n=self.stopped
+            ),
+            _("{n} bereits gesendet").format(n=self.sent),
+            _("{n} noch unterwegs").format(n=self.in_flight),
+        ]
+        if self.failed:
+            parts.append(_("{n} fehlgeschlagen").format(n=self.failed))
+        return ", ".join(parts)
+
+
+async def stop_queued(conn: AsyncConnection, announcement_id: int) -> int:
+    """Cancel the deliveries no worker holds: the queued ones, and those whose worker's lease ran
+    out (it is gone: ``requeue_expired_leases`` would hand them to another). A claimed row is left
+    to its worker, which sends it or, seeing the announcement cancelled, hands it back."""
+    query = (
+        update(deliveries)
+        .where(
+            deliveries.c.announcement_id == announcement_id,
+            or_(
+                deliveries.c.status == str(D.QUEUED),
+                and_(deliveries.c.status == str(D.SENDING), deliveries.c.lease_until < utcnow()),
+            ),
+        )
+        .values(status=str(D.CANCELLED), lease_until=None, worker=None)
+    )
+    return (await conn.execute(query)).rowcount
+
+
+async def settle(
+    engine: AsyncEngine, announcement_id: int, *, timeout: float, interval: float = 0.05
+) -> Cancellation:
+    """Wait (at most ``timeout`` seconds) until no delivery of a cancelled announcement is in a
+    worker's hands, stopping what is handed back; then the numbers as stored."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                async with engine.begin() as conn:
+                    claimed = await _count(conn, announcement_id, D.SENDING)
+                    await stop_queued(conn, announcement_id)
+                if not claimed:
+                    break
+                await asyncio.sleep(interval)  # polling the database: the workers are elsewhere
+    async with engine.connect() as conn:
+        counts = await _counts(conn, announcement_id)
+    return Cancellation(
+        stopped=counts.get(D.CANCELLED, 0),
+        sent=counts.get(D.SENT, 0),
+        in_flight=counts.get(D.SENDING, 0) + counts.get(D.QUEUED, 0),
+        failed=counts.get(D.FAILED, 0),
+    )
+
+
+async def _count(conn: AsyncConnection, announcement_id: int, status: DeliveryStatus) -> int:
+    query = select(func.count()).where(
+        deliveries.c.announcement_id == announcement_id, deliveries.c.status == str(status)
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def _counts(conn: AsyncConnection, announcement_id: int) -> dict[DeliveryStatus, int]:
+    query = (
+        select(deliveries.c.status, func.count())
+        .where(deliveries.c.announcement_id == announcement_id)
+        .group_by(deliveries.c.status)
+    )
+    return {DeliveryStatus(status): int(n) for status, n in await conn.execute(query)}
 
 
 async def retry_failed(engine: AsyncEngine, announcement_id: int, *, actor: str) -> int:

@@ -128,6 +128,23 @@ class Outbox:
             and_(deliveries.c.worker == self._worker_id, deliveries.c.channel == channel)
         )
 
+    async def still_sending(self, announcement_id: int) -> bool:
+        """Whether the announcement is still to be sent (not cancelled or expired meanwhile)."""
+        query = select(announcements.c.status).where(announcements.c.id == announcement_id)
+        async with self._engine.connect() as conn:
+            status = (await conn.execute(query)).scalar_one_or_none()
+        return status == str(AnnouncementStatus.SENDING)
+
+    async def drop(self, ids: Sequence[int]) -> int:
+        """Claimed rows of a cancelled announcement, not attempted: cancelled, never sent."""
+        query = (
+            update(deliveries)
+            .where(deliveries.c.status == str(D.SENDING), deliveries.c.id.in_(list(ids)))
+            .values(status=str(D.CANCELLED), lease_until=None, worker=None)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount
+
     async def _requeue(self, which: ColumnElement[bool]) -> int:
         query = (
             update(deliveries)

@@ -87,6 +87,7 @@ class Worker:
         self._on_moved = on_moved
         self._pending: list[Outcome] = []
         self._prepared: dict[int, asyncio.Future[Any]] = {}
+        self._seen: dict[int, tuple[float, bool]] = {}  # announcement → (when asked, sending)
         self._errors = ErrorRate(max(settings.pause_min_samples * 2, 100))
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -144,18 +145,34 @@ class Worker:
     async def _send_batch(self, batch: list[Claimed]) -> None:
         slots = asyncio.Semaphore(self.channel.concurrency)
         skipped: list[int] = []
+        dropped: list[int] = []
 
         async def one(item: Claimed) -> None:
             async with slots:
                 if self._stopping.is_set() or self.paused:
                     skipped.append(item.id)
+                elif not await self._still_sending(item.announcement_id):
+                    dropped.append(item.id)  # cancelled while claimed: a cancel waits for this
                 else:
                     await self._deliver(item)
 
         await asyncio.gather(*(one(item) for item in batch))
-        if skipped:  # paused or stopping mid-batch: hand the rest back now, not at lease end
+        if skipped or dropped:  # hand the rest back now, not at lease end
             await self.flush()
-            await self._outbox.unclaim(skipped)
+            if skipped:
+                await self._outbox.unclaim(skipped)
+            if dropped:
+                await self._outbox.drop(dropped)
+
+    async def _still_sending(self, announcement_id: int) -> bool:
+        """Asked before every send, answered from the database at most ``flush_interval`` old:
+        a send that starts on an older answer is still claimed, and a cancel waits for it."""
+        now = time.monotonic()
+        seen = self._seen.get(announcement_id)
+        if seen is None or now - seen[0] > self._settings.flush_interval:
+            sending = await self._outbox.still_sending(announcement_id)
+            seen = self._seen[announcement_id] = (now, sending)
+        return seen[1]
 
     async def _deliver(self, item: Claimed) -> None:
         attempts = item.attempts + 1

@@ -2,7 +2,8 @@
 
 Four eyes: an editor writes a draft and submits it; a publisher who is neither its author nor its
 submitter approves it; a publisher schedules it (a time in Europe/Berlin, stored in UTC),
-reschedules or cancels it. Every edit raises the announcement's version, and an edit based on an
+reschedules or cancels it (who may do which is ``staff.permissions``; the command line acts as
+its ``Operator``). Every edit raises the announcement's version, and an edit based on an
 older version is refused (``StaleEdit``) instead of overwriting someone else's change. Any edit of
 a submitted or approved announcement sends it back to draft, so approval always covers what is
 sent. Every step is written to the audit log in the same transaction.
@@ -23,11 +24,23 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.content.model import Announcement
+from bzi_broadcast.delivery import control
+from bzi_broadcast.delivery.control import Cancellation
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
-from bzi_broadcast.delivery.outbox import cancel_undelivered
 from bzi_broadcast.errors import BroadcastError, DeliveryError
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.staff.accounts import Role, User
+from bzi_broadcast.staff.accounts import User
+from bzi_broadcast.staff.permissions import (
+    Action,
+    Actor,
+    Operator,
+    actor_id,
+    actor_label,
+    check,
+)
+from bzi_broadcast.staff.permissions import (
+    NotAllowed as NotAllowed,  # raised by the steps: callers catch it from here
+)
 from bzi_broadcast.store.announcements import (
     NotFoundError,
     TransitionError,
@@ -49,10 +62,6 @@ EDITABLE = frozenset({S.DRAFT, S.IN_REVIEW, S.APPROVED, S.SCHEDULED})
 
 class StaleEdit(BroadcastError):
     """Die Ankündigung wurde inzwischen von jemand anderem geändert."""
-
-
-class NotAllowed(BroadcastError):
-    """Dafür fehlt Ihrer Rolle die Berechtigung."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +144,9 @@ async def save(
     announcement goes back to draft: its approval covered the old text."""
     now = utcnow()
     async with engine.begin() as conn:
-        current = await _status(conn, announcement_id)
+        facts = await _facts(conn, announcement_id)
+        current = facts.status
+        check(user, Action.EDIT_ANNOUNCEMENT, facts)
         if current not in EDITABLE:
             raise TransitionError(_("Eine versandte Ankündigung kann nicht mehr geändert werden."))
         changed = await conn.execute(
@@ -181,6 +192,7 @@ async def save(
 async def submit(
     engine: AsyncEngine, announcement_id: int, user: User, *, version: int, ip: str | None = None
 ) -> None:
+    check(user, Action.SUBMIT)
     await _step(engine, announcement_id, user, S.IN_REVIEW, version, ip, submitted_by=user.id)
 
 
@@ -188,12 +200,7 @@ async def approve(
     engine: AsyncEngine, announcement_id: int, user: User, *, version: int, ip: str | None = None
 ) -> None:
     """A publisher approves what they did not write or submit themselves."""
-    _need(user, Role.PUBLISHER)
-    draft = await load(engine, announcement_id)
-    if user.id in (draft.author_id, draft.submitted_by):
-        raise NotAllowed(
-            _("Vier-Augen-Prinzip: Eine andere Person muss Ihre eigene Ankündigung freigeben.")
-        )
+    check(user, Action.APPROVE, await load(engine, announcement_id))
     await _step(
         engine,
         announcement_id,
@@ -209,7 +216,8 @@ async def approve(
 async def return_to_draft(
     engine: AsyncEngine, announcement_id: int, user: User, *, version: int, ip: str | None = None
 ) -> None:
-    """Withdraw a submission, or send it back with ``reject`` (publisher)."""
+    """Withdraw a submission, or send it back (as an edit would: see ``may_edit``)."""
+    check(user, Action.EDIT_ANNOUNCEMENT, await load(engine, announcement_id))
     await _step(
         engine,
         announcement_id,
@@ -233,7 +241,7 @@ async def schedule(
     ip: str | None = None,
 ) -> None:
     """Schedule an approved announcement, or move a scheduled one to another time."""
-    _need(user, Role.PUBLISHER)
+    check(user, Action.SCHEDULE)
     if at.tzinfo is None:
         raise BroadcastError(_("Der Zeitpunkt braucht eine Zeitzone."))
     now = utcnow()
@@ -249,18 +257,36 @@ async def schedule(
 
 
 async def cancel(
-    engine: AsyncEngine, announcement_id: int, user: User, *, ip: str | None = None
-) -> int:
-    """Cancel before or while sending; how many deliveries were stopped."""
-    draft = await load(engine, announcement_id)
-    needed = Role.EDITOR if draft.status in (S.DRAFT, S.IN_REVIEW) else Role.PUBLISHER
-    _need(user, needed)
+    engine: AsyncEngine,
+    announcement_id: int,
+    actor: Actor,
+    *,
+    ip: str | None = None,
+    settle: float = control.SETTLE_SECONDS,
+) -> Cancellation:
+    """Cancel before or while sending. Queued deliveries stop at once; the answer comes when the
+    ones in flight have settled (at most ``settle`` seconds), with the numbers as stored then."""
+    check(actor, Action.CANCEL, await load(engine, announcement_id))
     async with engine.begin() as conn:
-        if not await transition(conn, announcement_id, S.CANCELLED, actor=_actor(user)):
-            raise TransitionError(_("Diese Ankündigung kann nicht mehr abgebrochen werden."))
-        stopped = await cancel_undelivered(conn, announcement_id)
-        await audit(conn, user, "announcement.cancelled", {"id": announcement_id}, ip)
-    return stopped
+        if not await transition(conn, announcement_id, S.CANCELLED, actor=actor_label(actor)):
+            raise TransitionError(
+                _("Ankündigung {id} kann nicht mehr abgebrochen werden.").format(id=announcement_id)
+            )
+        await control.stop_queued(conn, announcement_id)
+        await audit(conn, actor, "announcement.cancelled", {"id": announcement_id}, ip)
+    return await control.settle(engine, announcement_id, timeout=settle)
+
+
+async def retry_failed(
+    engine: AsyncEngine, announcement_id: int, actor: Actor, *, ip: str | None = None
+) -> int:
+    """Queue the failed deliveries again; how many."""
+    check(actor, Action.MANAGE_SENDING)
+    requeued = await control.retry_failed(engine, announcement_id, actor=actor_label(actor))
+    async with engine.begin() as conn:
+        detail = {"id": announcement_id, "requeued": requeued}
+        await audit(conn, actor, "announcement.retry_failed", detail, ip)
+    return requeued
 
 
 async def duplicate(
@@ -300,7 +326,7 @@ async def publish_rest(
     ip: str | None = None,
 ) -> None:
     """Queue an incomplete thread's delivery again; the channel continues after its last part."""
-    _need(user, Role.PUBLISHER)
+    check(user, Action.MANAGE_SENDING)
     thread = await _incomplete_thread(engine, announcement_id, delivery_id)
     async with engine.begin() as conn:
         status = await _status(conn, announcement_id)
@@ -337,7 +363,7 @@ async def delete_published(
     ip: str | None = None,
 ) -> Removal:
     """Delete the posted parts of an incomplete thread, newest first; each deletion recorded."""
-    _need(user, Role.PUBLISHER)
+    check(user, Action.MANAGE_SENDING)
     thread = await _incomplete_thread(engine, announcement_id, delivery_id)
     parts = Parts(engine)
     deleted: list[dict[str, Any]] = []
@@ -365,15 +391,18 @@ async def _incomplete_thread(engine: AsyncEngine, announcement_id: int, delivery
 
 async def audit(
     conn: AsyncConnection,
-    user: User | None,
+    user: Actor | None,
     action: str,
     detail: dict[str, Any] | None,
     ip: str | None,
 ) -> None:
+    """One row of the audit log; the operator (command line) is named in the detail."""
+    if isinstance(user, Operator):
+        detail = (detail or {}) | {"operator": user.name}
     await conn.execute(
         insert(audit_log).values(
             at=utcnow(),
-            user_id=user.id if user else None,
+            user_id=actor_id(user) if user else None,
             action=action,
             detail=json.dumps(detail, ensure_ascii=False) if detail else None,
             ip=ip,
@@ -416,13 +445,34 @@ async def _step(
         await audit(conn, user, f"announcement.{target}", {"id": announcement_id}, ip)
 
 
-def _need(user: User, role: Role) -> None:
-    if not user.role.allows(role):
-        raise NotAllowed()
-
-
 def _actor(user: User) -> str:
-    return f"user:{user.id}"
+    return actor_label(user)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Facts:
+    """What the permission rules look at, read in the step's own transaction."""
+
+    status: AnnouncementStatus
+    author_id: int | None
+    submitted_by: int | None
+
+
+async def _facts(conn: AsyncConnection, announcement_id: int) -> _Facts:
+    row = (
+        await conn.execute(
+            select(
+                announcements.c.status, announcements.c.author_id, announcements.c.submitted_by
+            ).where(announcements.c.id == announcement_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFoundError(_("Ankündigung {id} gibt es nicht").format(id=announcement_id))
+    return _Facts(
+        status=AnnouncementStatus(row.status),
+        author_id=row.author_id,
+        submitted_by=row.submitted_by,
+    )
 
 
 async def _status(conn: AsyncConnection, announcement_id: int) -> AnnouncementStatus:

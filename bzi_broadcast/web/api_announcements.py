@@ -40,6 +40,8 @@ from bzi_broadcast.web.api_models import (
     AnnouncementResource,
     AnnouncementSummary,
     Approval,
+    CancelCounts,
+    CancelledResource,
     ChannelCounts,
     DeliveryStatusReport,
     EmailPreview,
@@ -155,9 +157,16 @@ async def schedule_announcement(call: Call) -> web.Response:
 
 
 async def cancel_announcement(call: Call) -> web.Response:
+    """The announcement, and what became of its deliveries once the sends in flight settled."""
     announcement_id = call.id()
-    await workflow.cancel(call.context.engine, announcement_id, call.user, ip=call.ip)
-    return await _answer(call, announcement_id)
+    report = await workflow.cancel(call.context.engine, announcement_id, call.user, ip=call.ip)
+    draft = await workflow.load(call.context.engine, announcement_id)
+    resource = await _resource(call.context.engine, draft)
+    counts = CancelCounts(
+        stopped=report.stopped, sent=report.sent, in_flight=report.in_flight, failed=report.failed
+    )
+    cancelled = CancelledResource(**dict(resource), deliveries=counts)
+    return json_response(cancelled.model_dump(mode="json"), headers={"ETag": etag(draft.version)})
 
 
 async def duplicate_announcement(call: Call) -> web.Response:

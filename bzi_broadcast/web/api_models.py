@@ -117,6 +117,19 @@ class AnnouncementResource(_Output):
     content: Announcement
 
 
+class CancelCounts(_Output):
+    """The announcement's deliveries once the sends in flight settled, as stored."""
+
+    stopped: int = Field(description="Cancelled: never sent")
+    sent: int = Field(description="Accepted by a server before the cancel reached them")
+    in_flight: int = Field(description="Still with a worker when the wait ran out: may be sent")
+    failed: int
+
+
+class CancelledResource(AnnouncementResource):
+    deliveries: CancelCounts
+
+
 class AnnouncementSummary(_Output):
     id: int
     title: str

@@ -1,4 +1,5 @@
-"""REST handlers for subscribers (publishers and admins): list, CSV import, export, erasure.
+"""REST handlers for subscribers: list, CSV import and export for publishers and admins, erasure
+for admins only (as in the workspace; the roles come from ``staff.permissions``).
 
 The import and the export are the CLI's (``subscribers.store``, ``subscribers.gdpr``); the list
 shows no secrets (no chat ids, no tokens). Import, export and erasure are audited; the audit

@@ -22,12 +22,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bzi_broadcast.delivery import control, progress
+from bzi_broadcast.delivery.control import Cancellation
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.delivery.progress import CHANNELS, ChannelProgress, Timeline
 from bzi_broadcast.i18n import N_, ngettext
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff import workflow
-from bzi_broadcast.staff.accounts import Role, User
+from bzi_broadcast.staff.accounts import User
+from bzi_broadcast.staff.permissions import Action, may, staff_role
 from bzi_broadcast.staff.workflow import NotAllowed, Removal, StatusRemover, audit, status_label
 from bzi_broadcast.store.announcements import TransitionError, utcnow
 from bzi_broadcast.store.parts import Parts, Thread
@@ -48,6 +50,12 @@ STATE_LABELS = {
     "cancelled": N_("abgebrochen"),
 }
 RETRYABLE = (S.SENDING, S.PARTIALLY_FAILED)
+CANCEL_COUNTS = {  # in the URL after a cancel: numbers only, never text
+    "gestoppt": "stopped",
+    "gesendet": "sent",
+    "unterwegs": "in_flight",
+    "fehlgeschlagen": "failed",
+}
 REMOVER = "mastodon_remover"  # key in the web context's extras: the channel staff delete with
 
 
@@ -85,7 +93,7 @@ async def _show(request: web.Request, user: User, notice: str | None) -> web.Res
         item=_summary(row),
         channels=[_channel_view(c) for c in channels],
         states=[(state, _(STATE_LABELS[state])) for state in STATES],
-        may_act=user.role.allows(Role.PUBLISHER),
+        may_act=may(user, Action.MANAGE_SENDING),
         retryable=row.status in RETRYABLE,
         reasons=[(_channel_label(r.channel), r.reason, r.count) for r in reasons],
         latest=[
@@ -139,13 +147,16 @@ async def _retry_failed(request: web.Request) -> web.Response:
     user, announcement_id, _form = await _action(request)
     engine = context_of(request).engine
     try:
-        requeued = await control.retry_failed(engine, announcement_id, actor=f"user:{user.id}")
+        requeued = await workflow.retry_failed(engine, announcement_id, user, ip=client_ip(request))
     except TransitionError as exc:
         raise web.HTTPConflict(text=exc.message) from None
-    await _audit(
-        request, user, "announcement.retry_failed", {"id": announcement_id, "requeued": requeued}
-    )
     raise web.HTTPSeeOther(f"{_url(announcement_id)}?meldung=erneut&anzahl={requeued}")
+
+
+def cancelled_url(announcement_id: int, report: Cancellation) -> str:
+    """Where a cancel with deliveries goes: this page, saying what became of them."""
+    counts = "&".join(f"{key}={getattr(report, name)}" for key, name in CANCEL_COUNTS.items())
+    return f"{_url(announcement_id)}?meldung=abgebrochen&{counts}"
 
 
 async def _pause(request: web.Request) -> web.Response:
@@ -259,7 +270,7 @@ def _removal_notice(removal: Removal) -> str:
 
 async def _action(request: web.Request) -> tuple[User, int, Any]:
     """A publisher's POST with a valid CSRF token, about an announcement that exists."""
-    user = await require(request, Role.PUBLISHER)
+    user = await require(request, staff_role(Action.MANAGE_SENDING))
     form = await request.post()
     check_csrf(request, form)
     announcement_id = int(request.match_info["id"])
@@ -433,6 +444,8 @@ def _notice(request: web.Request) -> str | None:
             else _("{channel} sendet wieder.")
         )
         return message.format(channel=_channel_label(channel))
+    if kind == "abgebrochen":
+        return _cancel_notice(request)
     if kind == "thread-fortgesetzt":
         return _("Der Rest des Mastodon-Threads wird veröffentlicht.")
     if kind == "thread-geloescht":
@@ -444,6 +457,21 @@ def _notice(request: web.Request) -> str | None:
             count,
         ).format(n=count)
     return None
+
+
+def _cancel_notice(request: web.Request) -> str:
+    """„Abgebrochen: 2400 Zustellungen gestoppt, 600 bereits gesendet, 0 noch unterwegs.“"""
+    numbers = {
+        name: int(raw) if (raw := request.query.get(key, "")).isdigit() else 0
+        for key, name in CANCEL_COUNTS.items()
+    }
+    report = Cancellation(**numbers)
+    text = _("Abgebrochen: {summary}.").format(summary=report.summary())
+    if report.in_flight:
+        text += " " + _(
+            "Was noch unterwegs ist, kann noch ankommen; die Balken oben zeigen den Stand."
+        )
+    return text
 
 
 def _channel_label(channel: str) -> str:

@@ -23,12 +23,14 @@ from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff import media, workflow
 from bzi_broadcast.staff.accounts import User
+from bzi_broadcast.staff.permissions import Action, check
 from bzi_broadcast.staff.workflow import Draft, NotAllowed, StaleEdit
 from bzi_broadcast.store.announcements import NotFoundError, TransitionError
 from bzi_broadcast.web import editor_form as forms
 from bzi_broadcast.web import editor_problems as problems
 from bzi_broadcast.web.admin import require
 from bzi_broadcast.web.app import CONTEXT, check_csrf, client_ip, context_of, page
+from bzi_broadcast.web.dashboard import cancelled_url
 from bzi_broadcast.web.editor_form import State
 from bzi_broadcast.web.editor_page import (
     BASE,
@@ -45,7 +47,16 @@ from bzi_broadcast.web.editor_upload import IMAGE_FIELD, Submission, read_form
 S = AnnouncementStatus
 LIMITS = web.AppKey("editor_limits", MastodonLimits)
 TRIAL = web.AppKey("editor_trial", TrialSender)
-STEPS = ("einreichen", "freigeben", "zurueck", "planen", "abbrechen", "kopieren", "test")
+STEP_ACTIONS = {
+    "einreichen": Action.SUBMIT,
+    "freigeben": Action.APPROVE,
+    "zurueck": Action.EDIT_ANNOUNCEMENT,
+    "planen": Action.SCHEDULE,
+    "abbrechen": Action.CANCEL,
+    "kopieren": Action.WRITE_ANNOUNCEMENT,
+    "test": Action.WRITE_ANNOUNCEMENT,
+}
+STEPS = tuple(STEP_ACTIONS)
 
 
 def setup(app: web.Application) -> None:
@@ -100,7 +111,12 @@ async def _new_post(request: web.Request) -> web.Response:
 
 async def _edit_post(request: web.Request) -> web.Response:
     user = await require(request)
-    return await _posted(request, user, await _draft(request))
+    draft = await _draft(request)
+    try:
+        check(user, Action.EDIT_ANNOUNCEMENT, draft)
+    except NotAllowed as exc:
+        raise web.HTTPForbidden(text=exc.message) from None
+    return await _posted(request, user, draft)
 
 
 async def _posted(request: web.Request, user: User, draft: Draft | None) -> web.Response:
@@ -238,9 +254,10 @@ async def _step(request: web.Request) -> web.Response:
     form = await request.post()
     check_csrf(request, form)
     step = request.match_info["step"]
-    if step == "test":
-        return await _send_test(request, user, draft)
     try:
+        check(user, STEP_ACTIONS[step], draft)
+        if step == "test":
+            return await _send_test(request, user, draft)
         target = await _run_step(request, user, draft, step, form)
     except BroadcastError as exc:
         status = 403 if isinstance(exc, NotAllowed) else 409
@@ -297,7 +314,9 @@ async def _run_step(request: web.Request, user: User, draft: Draft, step: str, f
     elif step == "abbrechen":
         if form.get("confirm") != "yes":
             raise BroadcastError(_("Bitte bestätigen Sie den Abbruch mit dem Häkchen."))
-        await workflow.cancel(engine, draft.id, user, ip=ip)
+        report = await workflow.cancel(engine, draft.id, user, ip=ip)
+        if report.stopped or report.sent or report.in_flight or report.failed:
+            return cancelled_url(draft.id, report)  # the delivery page shows what became of it
     elif step == "kopieren":
         new_id = await workflow.duplicate(engine, draft.id, user, ip=ip)
         return f"{BASE}/{new_id}?hinweis=kopieren"

@@ -20,6 +20,7 @@ from bzi_broadcast.i18n import current_locale
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render.filters import datetime_long, partner_role
 from bzi_broadcast.staff.accounts import Role, User
+from bzi_broadcast.staff.permissions import Action, may
 from bzi_broadcast.staff.workflow import Draft, status_label
 from bzi_broadcast.store.schema import users
 from bzi_broadcast.web import editor_form as forms
@@ -133,12 +134,13 @@ async def _item(
         "scheduled": _moment_text(draft.publish_at) if status == S.SCHEDULED else "",
         "at": forms.local_input(planned) if schedule_at is None else schedule_at,
         "may_submit": status == S.DRAFT,
-        "may_approve": status == S.IN_REVIEW and publisher and not own,
+        "may_approve": status == S.IN_REVIEW and may(user, Action.APPROVE, draft),
         "own_review": status == S.IN_REVIEW and publisher and own,
-        "may_return": status in (S.IN_REVIEW, S.APPROVED, S.SCHEDULED),
-        "may_schedule": status in (S.APPROVED, S.SCHEDULED) and publisher,
-        "may_cancel": status in (S.DRAFT, S.IN_REVIEW)
-        or (publisher and status in (S.APPROVED, S.SCHEDULED, S.SENDING)),
+        "may_return": status in (S.IN_REVIEW, S.APPROVED, S.SCHEDULED)
+        and may(user, Action.EDIT_ANNOUNCEMENT, draft),
+        "may_schedule": status in (S.APPROVED, S.SCHEDULED) and may(user, Action.SCHEDULE),
+        "may_cancel": status in (S.DRAFT, S.IN_REVIEW, S.APPROVED, S.SCHEDULED, S.SENDING)
+        and may(user, Action.CANCEL, draft),
         "resets_approval": status in (S.IN_REVIEW, S.APPROVED, S.SCHEDULED),
         "delivering": status in DELIVERING,
         "telegram_chat": await telegram_chat(request, user),

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bzi_broadcast.content.model import LOCAL_TZ
 from bzi_broadcast.i18n import N_, current_locale
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.staff.accounts import Role
+from bzi_broadcast.staff.permissions import Action, may, staff_role
 from bzi_broadcast.staff.workflow import audit
 from bzi_broadcast.store.announcements import utcnow
 from bzi_broadcast.store.schema import subscribers
@@ -71,8 +71,8 @@ def setup(app: web.Application) -> None:
 
 
 async def _subscribers(request: web.Request) -> web.Response:
-    user = await require(request)
-    may_list = user.role.allows(Role.PUBLISHER)
+    user = await require(request, staff_role(Action.SUBSCRIBER_FIGURES))
+    may_list = may(user, Action.READ_SUBSCRIBERS)
     topics = _topic_names(request)
     filters = directory.Filters(
         text=request.query.get("q", "")[:200],
@@ -138,7 +138,7 @@ def _count_tables(counts: directory.Counts, topics: dict[str, str]) -> dict[str,
 
 
 async def _subscriber(request: web.Request) -> web.Response:
-    user = await require(request, Role.PUBLISHER)
+    user = await require(request, staff_role(Action.READ_SUBSCRIBERS))
     subscriber_id = int(request.match_info["id"])
     async with context_of(request).engine.connect() as conn:
         row = await _row(conn, subscriber_id)
@@ -163,19 +163,19 @@ async def _subscriber(request: web.Request) -> web.Response:
             }
             for event in proof
         ],
-        may_erase=user.role.allows(Role.ADMIN),
+        may_erase=may(user, Action.ERASE_SUBSCRIBER),
     )
 
 
 async def _erase_form(request: web.Request) -> web.Response:
-    user = await require(request, Role.ADMIN)
+    user = await require(request, staff_role(Action.ERASE_SUBSCRIBER))
     async with context_of(request).engine.connect() as conn:
         row = await _row(conn, int(request.match_info["id"]))
     return staff_page(request, "admin_abonnenten_loeschen.html.j2", user, person=_person(row))
 
 
 async def _erase(request: web.Request) -> web.Response:
-    user = await require(request, Role.ADMIN)
+    user = await require(request, staff_role(Action.ERASE_SUBSCRIBER))
     form = await request.post()
     check_csrf(request, form)
     subscriber_id = int(request.match_info["id"])
@@ -194,7 +194,7 @@ async def _erase(request: web.Request) -> web.Response:
 
 async def _export(request: web.Request) -> web.StreamResponse:
     """Everyone, as CSV (spreadsheets) or JSON lines (other programs), streamed in batches."""
-    user = await require(request, Role.PUBLISHER)
+    user = await require(request, staff_role(Action.READ_SUBSCRIBERS))
     kind = "jsonl" if request.query.get("format") == "jsonl" else "csv"
     context = context_of(request)
     async with context.engine.begin() as conn:
