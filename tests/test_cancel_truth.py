@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+import aiohttp
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -99,3 +100,47 @@ async def test_a_worker_sends_nothing_of_a_cancelled_announcement_it_had_claimed
 async def _settled(engine: AsyncEngine, announcement_id: int) -> bool:
     held = await counts(engine, announcement_id)
     return "sending" not in held and "queued" not in held
+
+
+async def test_web_cancel_shows_the_settled_numbers_on_the_delivery_page(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    from bzi_broadcast.staff.accounts import Role, add_user, start_session, user_by_email
+
+    from .test_admin import CSRF, PASSWORD
+
+    await add_user(
+        engine, email="p@bzi.example.org", name="P", role=Role.PUBLISHER, password=PASSWORD
+    )
+    publisher = await user_by_email(engine, "p@bzi.example.org")
+    assert publisher is not None
+    await add_subscribers(engine, 300)
+    service, smtp, task = await start_service(engine, database_url, FaultPlan(delay=0.1), window=40)
+    try:
+        announcement_id = await queue_now(engine)
+        await smtp.handler.wait_for(10)
+        await wait_until(lambda: _bound(service))
+        session = await start_session(engine, publisher, 1)
+        base = f"http://127.0.0.1:{service.web_port}"
+        path = f"/admin/ankuendigungen/{announcement_id}"
+        async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            http.cookie_jar.update_cookies({"bzi_session": session})
+            async with http.get(path) as form:
+                token = CSRF.search(await form.text())
+            assert token
+            fields = {"csrf": token.group(1), "confirm": "yes"}
+            async with http.post(f"{path}/abbrechen", data=fields) as answer:
+                page = await answer.text()
+                arrived_at_return = len(smtp.received)
+                assert answer.url.path == f"{path}/versand"
+    finally:
+        await stop_service(service, smtp, task)
+    final = await counts(engine, announcement_id)
+    found = NUMBERS.search(page)
+    assert found, page
+    assert [int(n) for n in found.groups()] == [final["cancelled"], final.get("sent", 0), 0]
+    assert len(smtp.received) == arrived_at_return == final.get("sent", 0)
+
+
+async def _bound(service: object) -> bool:
+    return getattr(service, "web_port", None) is not None
