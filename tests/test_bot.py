@@ -267,7 +267,7 @@ async def test_language_switch_to_english(bot: Bot) -> None:
         "/start – anmelden\n/stop – abmelden\n/themen – Themen wählen\n"
         "/sprache – Sprache wechseln (Deutsch/English)\n/datenschutz – was wir speichern\n"
         "/hilfe – diese Übersicht"
-    )
+    ) + "\n" + english("/verbinden – nur für Mitarbeitende: den Chat für Testnachrichten verbinden")
     unknown = await bot.say("/quatsch")
     assert unknown.text.startswith(english("Diesen Befehl kenne ich nicht."))
 
@@ -313,6 +313,7 @@ async def test_command_menu_in_german_and_english(bot: Bot) -> None:
         "sprache",
         "hilfe",
         "datenschutz",
+        "verbinden",
     ]
     assert [name for name, _d in bot.api.commands["en"]] == [
         "start",
@@ -321,6 +322,7 @@ async def test_command_menu_in_german_and_english(bot: Bot) -> None:
         "language",
         "help",
         "privacy",
+        "connect",
     ]
     assert bot.api.commands[""][2][1] == "Themen wählen"
 

@@ -35,7 +35,7 @@ from bzi_broadcast.render import ThreadLimits
 from bzi_broadcast.service import Service
 from bzi_broadcast.staff import media, workflow
 from bzi_broadcast.staff.accounts import Role, add_user
-from bzi_broadcast.store.schema import announcements
+from bzi_broadcast.store.schema import announcements, users
 from bzi_broadcast.testing.mastodon import MastodonServer
 from bzi_broadcast.testing.smtp import SmtpCapture
 from bzi_broadcast.testing.telegram import Limits, TelegramServer
@@ -810,15 +810,17 @@ async def test_every_post_needs_the_csrf_token(site: Site, engine: AsyncEngine) 
     assert (await workflow.load(engine, announcement_id)).status == S.DRAFT
 
 
-async def test_send_a_test_to_my_address_and_my_telegram_chat(site: Site) -> None:
+async def test_send_a_test_to_my_address_and_my_telegram_chat(
+    site: Site, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:  # as /verbinden does (tests/test_staff_telegram.py)
+        await conn.execute(
+            update(users)
+            .where(users.c.email == EDITOR)
+            .values(telegram_chat_id=4242, telegram_linked_at=datetime.now(UTC))
+        )
     async with session(site, EDITOR) as http:
         announcement_id = await create_example(http)
-        token = await csrf(http, "/admin/konto")
-        async with http.post(
-            "/admin/konto/telegram", data={"csrf": token, "telegram_chat_id": "4242"}
-        ) as answer:
-            assert answer.status == 200
-            assert 'value="4242"' in await answer.text()
         status, page, _where = await step(http, announcement_id, "test")
     assert status == 200, page
     assert "E-Mail an eva@bzi.example.org gesendet." in page

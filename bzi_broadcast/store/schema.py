@@ -262,7 +262,20 @@ users = Table(
     Column("lockouts", Integer, nullable=False, default=0),
     Column("locked_until", UTCDateTime()),
     _now_column("created_at"),
-    Column("telegram_chat_id", Id),  # where "send a test to me" goes on Telegram
+    # Where "send a test to me" goes on Telegram: only a private chat proven by a one-time code
+    # sent to the bot from it (``staff_telegram_codes``), linked at ``telegram_linked_at``.
+    Column("telegram_chat_id", Id),
+    Column("telegram_linked_at", UTCDateTime()),
+)
+
+# The one-time code a staff member sends to the bot (/verbinden) to prove their private chat:
+# one per user (a new one replaces it), valid minutes, kept only as a keyed hash.
+staff_telegram_codes = Table(
+    "staff_telegram_codes",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("code_hash", String(64), nullable=False, unique=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 # Server-side sessions; the cookie holds a random id, the table only its SHA-256.

@@ -1,4 +1,5 @@
-"""The subscriber bot: /start, /stop, /themen, /sprache, /hilfe and /datenschutz in Telegram.
+"""The subscriber bot: /start, /stop, /themen, /sprache, /hilfe and /datenschutz in Telegram;
+and /verbinden, with which a staff member proves their own private chat for test sends.
 
 python-telegram-bot's ``Application`` runs inside the service's event loop: long polling by
 default, or updates posted by Telegram to the service's ``/telegram/webhook`` when
@@ -40,6 +41,7 @@ from bzi_broadcast.config import Settings, Topic
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import DEFAULT_LOCALE, current_locale, use_locale
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.staff import telegram_link
 from bzi_broadcast.subscribers.bot_store import BotSubscribers, Person, payload_topics
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ class SubscriberBot:
         if t.token is None:
             raise BroadcastError(_("telegram.token fehlt (oder BZI_TELEGRAM_TOKEN_FILE)"))
         self.settings = settings
+        self.engine = engine
         self.topics: Sequence[Topic] = settings.subscribers.topics
         self.people = BotSubscribers(engine, settings.subscribers.consent_version)
         self.lock = PollingLock(engine)
@@ -209,8 +212,8 @@ class SubscriberBot:
     async def _set_commands(self) -> None:
         """The command menu, in German and for English-speaking Telegram apps in English."""
         for language, names in (
-            ("de", ("start", "stop", "themen", "sprache", "hilfe", "datenschutz")),
-            ("en", ("start", "stop", "topics", "language", "help", "privacy")),
+            ("de", ("start", "stop", "themen", "sprache", "hilfe", "datenschutz", "verbinden")),
+            ("en", ("start", "stop", "topics", "language", "help", "privacy", "connect")),
         ):
             with use_locale(language):
                 descriptions = (
@@ -220,6 +223,7 @@ class SubscriberBot:
                     _("Sprache wechseln"),
                     _("Hilfe"),
                     _("Datenschutz"),
+                    _("Testchat für Mitarbeitende verbinden"),
                 )
             menu = [BotCommand(n, d) for n, d in zip(names, descriptions, strict=True)]
             code = None if language == DEFAULT_LOCALE else language
@@ -247,6 +251,7 @@ class SubscriberBot:
             ("sprache", "language"): self._choose_language,
             ("hilfe", "help"): self._help,
             ("datenschutz", "privacy"): self._privacy,
+            ("verbinden", "connect"): self._connect,
         }
         self.app.add_handler(MessageHandler(~private & filters.COMMAND, self._group))
         for names, callback in commands.items():
@@ -321,6 +326,36 @@ class SubscriberBot:
                 url=organisation.privacy_url or organisation.website
             )
             await _reply(update, f"{explanation}\n\n{more}")
+
+    async def _connect(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/verbinden 123456: this private chat becomes the code's owner's chat for test sends.
+
+        Only where the chat is the sender's own (a private chat's id is the person's user id);
+        wrong, expired and used codes get one answer, and each chat has a few tries."""
+        chat, sender = update.effective_chat, update.effective_user
+        if chat is None or sender is None or chat.type != chat.PRIVATE or chat.id != sender.id:
+            return
+        language = await self._language(update)
+        if not context.args:
+            with use_locale(language):
+                await _reply(update, _connect_usage())
+            return
+        secret = self.settings.security.secret_key
+        try:
+            with use_locale(language):  # a refusal's message is made in the reader's language
+                linked = await telegram_link.link(
+                    self.engine, secret, " ".join(context.args), chat.id
+                )
+        except BroadcastError as refused:
+            await _reply(update, refused.message)
+            return
+        log.info("telegram chat linked to a staff account user_id=%s", linked.user_id)
+        with use_locale(linked.language):
+            done = _(
+                "Verbunden: „Test an mich senden“ schickt die Telegram-Fassung für {name} ab jetzt "
+                "in diesen Chat. Trennen können Sie im Arbeitsbereich unter „Mein Konto“."
+            )
+            await _reply(update, done.format(name=linked.name))
 
     async def _unknown(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -417,10 +452,19 @@ def _topic_name(topic: Topic) -> str:
 
 
 def _commands() -> str:
-    return _(
+    subscribers = _(
         "/start – anmelden\n/stop – abmelden\n/themen – Themen wählen\n"
         "/sprache – Sprache wechseln (Deutsch/English)\n/datenschutz – was wir speichern\n"
         "/hilfe – diese Übersicht"
+    )
+    staff = _("/verbinden – nur für Mitarbeitende: den Chat für Testnachrichten verbinden")
+    return f"{subscribers}\n{staff}"
+
+
+def _connect_usage() -> str:
+    return _(
+        "Bitte senden Sie /verbinden mit dem Code, den der Arbeitsbereich unter „Mein Konto“ "
+        "zeigt, zum Beispiel: /verbinden 123456"
     )
 
 

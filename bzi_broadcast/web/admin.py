@@ -18,6 +18,7 @@ from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import LOCALES, adopt_locale
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.staff import telegram_link
 from bzi_broadcast.staff.accounts import (
     LoginRefused,
     Role,
@@ -43,7 +44,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/admin", _overview)
     app.router.add_get("/admin/konto", _account)
     app.router.add_post("/admin/konto", _set_language)
-    app.router.add_post("/admin/konto/telegram", _set_telegram_chat)
+    app.router.add_post("/admin/konto/telegram", _telegram_chat)
     app.router.add_post("/admin/konto/passwort", _set_password)
 
 
@@ -207,20 +208,29 @@ def _entry(row: Row[Any]) -> dict[str, Any]:
 
 
 async def _account(
-    request: web.Request, *, status: int = 200, problem: str | None = None
+    request: web.Request,
+    *,
+    status: int = 200,
+    problem: str | None = None,
+    telegram_code: str | None = None,
+    telegram_problem: str | None = None,
 ) -> web.Response:
     user = await require(request)
-    async with context_of(request).engine.connect() as conn:
-        chat = (
-            await conn.execute(select(users.c.telegram_chat_id).where(users.c.id == user.id))
-        ).scalar()
+    context = context_of(request)
+    chat = await telegram_link.linked_chat(context.engine, user)
+    telegram = context.settings.telegram
     return staff_page(
         request,
         "admin_konto.html.j2",
         user,
         status=status,
         role_label=role_label(user.role),
-        telegram_chat_id="" if chat is None else str(chat),
+        telegram_bot=telegram.enabled and telegram.bot,
+        telegram_chat=chat.chat_id if chat else None,
+        telegram_linked=local_time(chat.linked_at) if chat and chat.linked_at else None,
+        telegram_code=telegram_code,
+        telegram_problem=telegram_problem,
+        telegram_minutes=int(telegram_link.CODE_LIFETIME.total_seconds() // 60),
         password_problem=problem,
         password_changed=request.query.get("hinweis") == "passwort",
     )
@@ -250,19 +260,26 @@ async def _set_password(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/admin/konto?hinweis=passwort")
 
 
-async def _set_telegram_chat(request: web.Request) -> web.Response:
-    """Where the editor's „Test an mich senden“ sends the Telegram messages (empty: nowhere)."""
+async def _telegram_chat(request: web.Request) -> web.Response:
+    """„Code anzeigen“: a one-time code to send to the bot from one's own private chat (nobody
+    types a chat id: a channel's would post drafts to the public); „Trennen“ unlinks it."""
     user = await require(request)
     form = await request.post()
     check_csrf(request, form)
-    raw = str(form.get("telegram_chat_id", "")).strip()
-    if raw and not (raw.lstrip("-").isdigit() and len(raw) <= 16):
-        raise web.HTTPBadRequest(text=_("Die Chat-ID ist eine ganze Zahl, z. B. 123456789."))
-    chat = int(raw) if raw else None
-    async with context_of(request).engine.begin() as conn:
-        await conn.execute(update(users).where(users.c.id == user.id).values(telegram_chat_id=chat))
-        await audit(conn, user, "user.telegram_chat", {"set": chat is not None}, client_ip(request))
-    raise web.HTTPSeeOther("/admin/konto")
+    context, ip = context_of(request), client_ip(request)
+    action = form.get("action")
+    if action == "trennen":
+        await telegram_link.unlink(context.engine, user, ip)
+        raise web.HTTPSeeOther("/admin/konto")
+    if action != "code":
+        raise web.HTTPBadRequest(text=_("Diese Aktion gibt es nicht."))
+    try:
+        code = await telegram_link.new_code(
+            context.engine, context.settings.security.secret_key, user, ip
+        )
+    except BroadcastError as refused:
+        return await _account(request, status=503, telegram_problem=refused.message)
+    return await _account(request, telegram_code=code)
 
 
 async def _set_language(request: web.Request) -> web.Response:

@@ -1,5 +1,9 @@
 """„Test an mich senden“: one announcement to the staff member's own address and Telegram chat.
 
+The Telegram chat is the private chat the person proved with a one-time code (``/verbinden``,
+``staff.telegram_link``); as a second line of defence a test never goes to a channel or group
+(negative ids) nor to a configured chat, so an unapproved draft cannot reach the public.
+
 The email goes through the service's own email channel (same server, sender, rate limit and
 DKIM as the newsletter), with „[Test] “ before the subject. Telegram uses a channel of its own
 with the service's bot token: the service's sending channel lives inside its worker, and a second
@@ -64,6 +68,14 @@ class TrialSender:
         return Outcome(ok=True, message=_("E-Mail an {to} gesendet.").format(to=to))
 
     async def telegram(self, announcement: Announcement, chat_id: int) -> Outcome:
+        if not self.private_chat(chat_id):
+            return Outcome(
+                ok=False,
+                message=_(
+                    "Telegram-Test nicht gesendet: Er geht nur an Ihren eigenen privaten Chat. "
+                    "Verbinden Sie ihn unter „Mein Konto“."
+                ),
+            )
         channel = self._telegram_channel()
         if channel is None:
             return Outcome(ok=False, message=_("Telegram ist in der Konfiguration nicht aktiv."))
@@ -92,6 +104,11 @@ class TrialSender:
                 count,
             ).format(count=count, chat=chat_id),
         )
+
+    def private_chat(self, chat_id: int) -> bool:
+        """A person's private chat has their (positive) user id; groups and channels are
+        negative. The configured chats are the public's, whatever their id."""
+        return chat_id > 0 and chat_id not in self._settings.telegram.chats
 
     def _telegram_channel(self) -> TelegramChannel | None:
         t = self._settings.telegram
