@@ -298,8 +298,8 @@ def load_settings(
     problems: list[str] = []
     _apply_environment(data, os.environ if environ is None else environ, problems, origins)
     problems.extend(_retired(data, origins))
-    if signing and not _has_key(data):
-        problems.append(missing_secret_key())
+    if signing and not _has_key(data) and ("security", "secret_key") not in origins.variables:
+        problems.append(missing_secret_key())  # (a key file that cannot be read is reported)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -400,8 +400,9 @@ def _apply_environment(
         name = variable[4:].lower()
         if name.endswith("_file"):
             name, secret = name[:-5], _read_secret(variable, value, problems)
-            if secret is None:
-                continue  # reported; the setting's own complaints would only repeat it
+            if secret is None:  # reported; the setting's own complaints would only repeat it
+                origins.variables[tuple(name.partition("_")[::2])] = variable
+                continue
             value = secret
         section, _sep, key = name.partition("_")
         if section in sections and key:

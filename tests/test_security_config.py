@@ -79,6 +79,13 @@ def test_commands_that_sign_refuse_to_start_without_a_key(
     assert not (tmp_path / "db.sqlite3").exists()  # refused before anything was done
 
 
+def test_an_unreadable_key_file_is_reported_once(tmp_path: Path) -> None:
+    result = command(tmp_path, "serve", BZI_SECURITY_SECRET_KEY_FILE=str(tmp_path / "nope"))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"BZI_SECURITY_SECRET_KEY_FILE: Datei {tmp_path / 'nope'} nicht lesbar")
+
+
 def test_a_key_under_32_bytes_is_refused_in_any_mode(tmp_path: Path) -> None:
     short = "k" * 31
     with pytest.raises(ConfigError) as caught:
