@@ -19,7 +19,7 @@ from bzi_broadcast.staff.accounts import LoginRefused, Role, add_user, authentic
 from bzi_broadcast.store.announcements import utcnow
 from bzi_broadcast.store.schema import users
 
-from .test_admin import PASSWORD, base, client, login  # noqa: F401 - base is a fixture
+from .test_admin import CSRF, PASSWORD, base, client, login  # noqa: F401 - base is a fixture
 
 WRONG = "falsch-falsch-falsch"
 ATTACKER, COLLEAGUE = "203.0.113.7", "198.51.100.20"
@@ -150,3 +150,18 @@ async def test_an_ipv6_client_counts_as_its_whole_network(engine: AsyncEngine) -
     blocked = await refused(engine, settings, eva, PASSWORD, ip="2001:db8:1:2:ffff::9")
     assert blocked.retry_after is not None
     assert (await authenticate(engine, settings, eva, PASSWORD, "2001:db8:1:3::1")).email == eva
+
+
+async def test_a_busy_address_gets_429_with_retry_after(base: str) -> None:  # noqa: F811
+    async with client(base) as http:
+        for number in range(20):  # the default limit, spread over addresses nobody has
+            status, _page = await login(http, f"rate{number}@bzi.example.org", WRONG)
+            assert status == 401
+        async with http.get("/admin/anmelden") as answer:
+            token = CSRF.search(await answer.text())
+        assert token
+        form = {"csrf": token.group(1), "email": "eva@bzi.example.org", "password": PASSWORD}
+        async with http.post("/admin/anmelden", data=form, allow_redirects=False) as answer:
+            assert answer.status == 429
+            assert 0 < int(answer.headers["Retry-After"]) <= 15 * 60
+            assert "Zu viele Fehlversuche von Ihrem Anschluss" in await answer.text()
