@@ -139,13 +139,16 @@ async def _erase(conn: AsyncConnection, row: Row[Any], key: bytes) -> None:
 
 
 async def purge_unconfirmed(engine: AsyncEngine, days: int, now: datetime | None = None) -> int:
-    """Delete sign-ups nobody confirmed within ``days``; returns how many."""
+    """Delete sign-ups nobody ever confirmed within ``days``; returns how many."""
     cutoff = (now or utcnow()) - timedelta(days=days)
     async with engine.begin() as conn:
         result = await conn.execute(
             delete(subscribers).where(
                 subscribers.c.status == str(SubscriberStatus.PENDING),
                 subscribers.c.created_at < cutoff,
+                # someone confirmed before and now re-confirming (a bounced address coming back)
+                # keeps their row and its consent proof
+                subscribers.c.confirmed_at.is_(None),
             )
         )
         return int(result.rowcount or 0)
