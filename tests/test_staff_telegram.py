@@ -135,8 +135,8 @@ async def test_the_verbinden_journey(desk: Desk) -> None:
         assert answer.text.startswith("Verbunden: „Test an mich senden“ schickt")
         assert "für Eva" in answer.text
         assert await chat_of(desk.engine) == EVA_CHAT
-        async with http.get("/admin/konto") as page:
-            shown = await page.text()
+        async with http.get("/admin/konto") as konto:
+            shown = await konto.text()
         assert "an Ihren privaten Chat (verbunden am" in shown
         assert 'value="trennen"' in shown
         announcement_id = await create_example(http)
