@@ -38,7 +38,7 @@ from bzi_broadcast.content import load_announcement
 from bzi_broadcast.render import Renderer, ThreadLimits
 from bzi_broadcast.testing.smtp import SmtpCapture
 
-from .conftest import EXAMPLE, MASTODON_MOCK_TOKEN
+from .conftest import EXAMPLE, MASTODON_MOCK_TOKEN, TEST_SECRET_KEY
 from .test_delivery import wait_until
 
 ALT = "Podium der 1. Regionalkonferenz des Themenforums „Integration vor Ort“ in Potsdam"
@@ -72,6 +72,7 @@ def environment(database: Path, mastodon: str, web_port: int, smtp_port: int) ->
     return {
         **clean,
         "BZI_DATABASE_URL": f"sqlite:///{database}",
+        "BZI_SECURITY_SECRET_KEY": TEST_SECRET_KEY,
         "BZI_SMTP_PORT": str(smtp_port),
         "BZI_WEB_PORT": str(web_port),
         "BZI_EMAIL_PUBLIC_URL": f"http://127.0.0.1:{web_port}",
