@@ -469,7 +469,7 @@ def _cancel_notice(request: web.Request) -> str:
     text = _("Abgebrochen: {summary}.").format(summary=report.summary())
     if report.in_flight:
         text += " " + _(
-            "Was noch unterwegs ist, kann noch ankommen; die Balken oben zeigen den Stand."
+            "Was noch unterwegs ist, kann noch ankommen; die Balken zeigen den aktuellen Stand."
         )
     return text
 
