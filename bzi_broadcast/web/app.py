@@ -26,6 +26,7 @@ from bzi_broadcast.i18n import DEFAULT_LOCALE, LOCALES, normalize_locale, use_lo
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.tokens import TokenError, TokenSigner
+from bzi_broadcast.web.forms import malformed_forms
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ STATIC_DIR = Path(__file__).parent / "static"  # vendored scripts; no CDN
 
 def create_app(context: WebContext, *setups: Callable[[web.Application], None]) -> web.Application:
     app = web.Application(
-        middlewares=[_forwarded, _language, _errors, _security_headers],
+        middlewares=[_forwarded, _language, _errors, _security_headers, malformed_forms],
         client_max_size=256 * 1024,
     )
     app[CONTEXT] = context

@@ -20,6 +20,7 @@ from bzi_broadcast.store.schema import announcements
 from bzi_broadcast.web.app import context_of, page
 
 PAGE_SIZE = 20
+LARGEST_ID = 2**63 - 1  # a BIGINT; a larger number in the address is no announcement (404)
 FEED_SIZE = 20
 CACHE = "public, max-age=300"
 
@@ -56,6 +57,9 @@ async def _list(request: web.Request) -> web.Response:
         total = (
             await conn.execute(select(func.count()).select_from(announcements).where(_published()))
         ).scalar_one()
+        pages = max(1, -(-total // PAGE_SIZE))
+        if number > pages:  # before the offset is computed: a huge page number is just absent
+            raise web.HTTPNotFound(text=_("Diese Seite des Archivs gibt es nicht."))
         rows = (
             await conn.execute(
                 _newest_first(
@@ -65,9 +69,6 @@ async def _list(request: web.Request) -> web.Response:
                 .offset((number - 1) * PAGE_SIZE)
             )
         ).all()
-    pages = max(1, -(-total // PAGE_SIZE))
-    if number > pages:
-        raise web.HTTPNotFound(text=_("Diese Seite des Archivs gibt es nicht."))
     response = page(
         request,
         "archiv.html.j2",
@@ -81,11 +82,16 @@ async def _list(request: web.Request) -> web.Response:
 
 async def _show(request: web.Request) -> web.Response:
     context = context_of(request)
+    digits = request.match_info["id"].lstrip("0") or "0"
+    # compared as text first: int() refuses more than 4,300 digits (a ValueError, a 500)
+    if len(digits) > len(str(LARGEST_ID)) or int(digits) > LARGEST_ID:
+        raise web.HTTPNotFound(text=_("Diese Ankündigung gibt es im Archiv nicht."))
+    wanted = int(digits)
     async with context.engine.connect() as conn:
         row = (
             await conn.execute(
                 select(announcements.c.content, announcements.c.released_at).where(
-                    announcements.c.id == int(request.match_info["id"]), _published()
+                    announcements.c.id == wanted, _published()
                 )
             )
         ).first()

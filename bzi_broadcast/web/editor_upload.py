@@ -10,13 +10,16 @@ is cut off with 413.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict
 
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.media import MAX_BYTES
+from bzi_broadcast.web.forms import malformed
 
 IMAGE_FIELD = "image-file"
 MAX_TEXT = 1024 * 1024
@@ -32,19 +35,28 @@ class Submission:
 
 
 async def read_form(request: web.Request) -> Submission:
+    """The form's fields and image; 400 for a body no browser sends (see ``forms``)."""
     if request.content_type != "multipart/form-data":
         posted = await request.post()  # a small form: the app's own limit applies
         return Submission(fields=MultiDict((k, v) for k, v in posted.items() if isinstance(v, str)))
     if (request.content_length or 0) > MAX_BODY:
         raise _too_large()
+    try:
+        return await _read_multipart(request)
+    except (ValueError, LookupError, HttpProcessingError):  # no boundary, a bad part header …
+        raise malformed() from None
+
+
+async def _read_multipart(request: web.Request) -> Submission:
     reader = await request.multipart()
     fields: MultiDict[str] = MultiDict()
     image: bytes | None = None
     too_large = False
     text_left, body_left = MAX_TEXT, MAX_BODY
     while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise web.HTTPBadRequest(text=_("Das Formular ist unvollständig angekommen."))
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise malformed()  # nested multipart, or a part no field of ours can have sent
+        codecs.lookup(part.get_charset("utf-8"))  # LookupError for a made-up one, as post() does
         if part.name == IMAGE_FIELD and part.filename is not None:
             data, size = await _read(part, MAX_BYTES, body_left)
             body_left -= size
@@ -55,7 +67,7 @@ async def read_form(request: web.Request) -> Submission:
         if data is None:
             raise _too_large()
         text_left, body_left = text_left - size, body_left - size
-        fields.add(part.name or "", data.decode("utf-8", errors="replace"))
+        fields.add(part.name, data.decode("utf-8", errors="replace"))
     return Submission(fields=fields, image=image, image_too_large=too_large)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -39,6 +40,8 @@ SUBSCRIPTIONS = web.AppKey("subscriptions", Subscriptions)
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])
 NAME_LIMIT = 200
 ONE_CLICK = "List-Unsubscribe=One-Click"
+BERLIN = ZoneInfo("Europe/Berlin")
+MAX_PAUSE = timedelta(days=366)  # a pause of up to a year
 
 
 def setup(app: web.Application) -> None:
@@ -172,6 +175,17 @@ def normalize_address(value: str) -> str | None:
     except UnicodeError:
         return None
     return normalize_email(f"{local}@{ascii_domain}")
+
+
+def _pause_problem(pause: date) -> dict[str, str]:
+    """A pause ends tomorrow at the earliest and within ``MAX_PAUSE``: a date in the past means
+    nothing, and the calendar's edges (0001-01-01) do not survive the time-zone conversion."""
+    today = datetime.now(BERLIN).date()
+    latest = today + MAX_PAUSE
+    if today < pause <= latest:
+        return {}
+    message = _("Bitte ein Datum zwischen morgen und dem {latest} angeben.")
+    return {"paused_until": message.format(latest=latest.strftime("%d.%m.%Y"))}
 
 
 def _with_form(
@@ -359,6 +373,8 @@ async def _preferences(request: web.Request) -> web.Response:
             pause = date.fromisoformat(raw_pause)
         except ValueError:
             problems["paused_until"] = _("Bitte ein Datum im Format JJJJ-MM-TT angeben.")
+        else:
+            problems.update(_pause_problem(pause))
     if problems:
         return _with_form(
             request,
