@@ -187,3 +187,45 @@ def test_dev_zero_as_csv_file_is_refused_without_reading_it(tmp_path: Path) -> N
     zero = tmp_path / "zero.csv"
     zero.symlink_to("/dev/zero")
     refused(import_csv(tmp_path, zero), "keine gewöhnliche Datei")
+
+
+# --- the configuration file (TOML) ---
+
+CONFIG_OWNER = "bzi_broadcast/config.py reads the file whole and parses it recursively (reported)"
+
+
+def preview_with_config(config: Path) -> subprocess.CompletedProcess[str]:
+    return cli("--config", str(config), "preview", str(EXAMPLE))
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        (b"[web\nport = 1\n", "kein gültiges TOML"),
+        (b"[web]\nport = 1\nport = 2\n", "kein gültiges TOML"),
+        ('[organisation]\nname = "Jörg"\n'.encode("latin-1"), "UTF-8"),
+    ],
+    ids=["syntax", "duplicate-key", "latin-1"],
+)
+def test_a_malformed_config_file_exits_2_naming_it(
+    tmp_path: Path, text: bytes, phrase: str
+) -> None:
+    config = tmp_path / "bzi.toml"
+    config.write_bytes(text)
+    refused(preview_with_config(config), "bzi.toml", phrase)
+
+
+@pytest.mark.xfail(strict=True, reason=CONFIG_OWNER)
+def test_a_config_nested_100000_deep_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "deep.toml"
+    config.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    refused(preview_with_config(config), "deep.toml")
+
+
+@pytest.mark.xfail(
+    strict=True, reason=CONFIG_OWNER, raises=(AssertionError, subprocess.TimeoutExpired)
+)
+def test_dev_zero_as_config_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "zero.toml"
+    config.symlink_to("/dev/zero")
+    refused(preview_with_config(config), "zero.toml")
