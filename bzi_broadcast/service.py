@@ -53,6 +53,7 @@ from bzi_broadcast.delivery.worker import Worker, WorkerSettings
 from bzi_broadcast.errors import BroadcastError, ConfigError, DeliveryError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.render import Renderer
+from bzi_broadcast.staff.media import MediaLibrary
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import StoreError, create_engine, migrate
 from bzi_broadcast.store.parts import Parts
@@ -109,7 +110,10 @@ PURGE_INTERVAL = 3600.0  # seconds between deletions of unconfirmed sign-ups
 TELEGRAM_CONCURRENCY = 16  # at Telegram's ~0.1 s per call, 16 in flight carry 160/s
 
 
-def telegram_channel(settings: Settings, renderer: Renderer) -> TelegramChannel:
+def telegram_channel(
+    settings: Settings, renderer: Renderer, engine: AsyncEngine | None = None
+) -> TelegramChannel:
+    """With ``engine``, images at our own ``/medien/`` addresses are sent from the store."""
     t = settings.telegram
     if t.token is None:
         raise ConfigError(_("telegram.token fehlt (oder BZI_TELEGRAM_TOKEN_FILE)"))
@@ -128,7 +132,8 @@ def telegram_channel(settings: Settings, renderer: Renderer) -> TelegramChannel:
         per_chat_per_second=t.per_chat_per_second,
         per_group_per_minute=t.per_group_per_minute,
     )
-    return TelegramChannel(bot, renderer, limits, concurrency=TELEGRAM_CONCURRENCY)
+    images = MediaLibrary(engine, settings.email.public_url) if engine is not None else None
+    return TelegramChannel(bot, renderer, limits, concurrency=TELEGRAM_CONCURRENCY, media=images)
 
 
 def mastodon_channel(
@@ -158,6 +163,7 @@ def mastodon_channel(
         Parts(engine),
         budgets=budgets,
         content_warning_share=m.content_warning_share,
+        media=MediaLibrary(engine, settings.email.public_url),  # images from the store, not HTTP
     )
 
 
@@ -205,7 +211,7 @@ class Service:
             channels.append(mastodon_channel(settings, self.renderer, self.engine))
             self.fan_outs["mastodon"] = mastodon_fan_out(settings.mastodon.base_url)
         if settings.telegram.enabled:
-            channels.append(telegram_channel(settings, self.renderer))
+            channels.append(telegram_channel(settings, self.renderer, self.engine))
             self.fan_outs["telegram"] = telegram_fan_out(settings.telegram.chats)
         self.workers = [
             Worker(

@@ -544,8 +544,8 @@ async def test_an_upload_must_be_a_real_image_of_at_most_8_mb(
         assert status == 400  # the alt text is required: the image waits in the form
         assert re.search(r'id="image-alt" name="image-alt"[^>]*aria-invalid="true"', page)
         src = input_value(page, "image-src")
-        media_id = int(src.rsplit("/", 1)[1])
-        assert src == f"{site.public_url}/medien/{media_id}"
+        media_token = media.token_of(site.public_url, src)
+        assert media_token is not None, src  # an unguessable token, not a sequential id
         fields = replaced(
             example_fields(),
             image__src=src,
@@ -557,12 +557,14 @@ async def test_an_upload_must_be_a_real_image_of_at_most_8_mb(
             http, "/admin/ankuendigungen/neu", with_csrf(token, fields)
         )
         assert status == 303
-        async with http.get(f"/medien/{media_id}") as answer:
+        async with http.get(f"/medien/{media_token}") as answer:
+            assert answer.status == 404  # private until its announcement is released
+        async with http.get(f"/admin/medien/{media_token}") as answer:  # staff see it
             assert answer.status == 200
             assert await answer.read() == image
             assert answer.headers["Content-Type"] == "image/png"
             assert answer.headers["X-Content-Type-Options"] == "nosniff"
-            assert "immutable" in answer.headers["Cache-Control"]
+            assert answer.headers["Cache-Control"].startswith("private")
         status, _page, _where = await post(
             http,
             "/admin/ankuendigungen/neu",
@@ -570,6 +572,21 @@ async def test_an_upload_must_be_a_real_image_of_at_most_8_mb(
             ("nochmal.png", image),
         )
         assert input_value(_page, "image-src") == src  # the same bytes are the same image
+        staff_src = f"{site.public_url}/admin/medien/{media_token}"
+        assert f'<img src="{staff_src}"' in _page  # the form shows it as staff may see it
+        _status, fragment, _where = await post(
+            http, "/admin/ankuendigungen/vorschau", with_csrf(token, fields)
+        )
+        preview_src = re.search(
+            rf'src="({re.escape(site.public_url)}/medien/{media_token}\?vorschau=[^"]+)"',
+            unescape(fragment),
+        )
+        assert preview_src, "the preview's frames (no cookies there) get a signed address"
+        async with aiohttp.ClientSession() as anonymous:
+            async with anonymous.get(unescape(preview_src.group(1))) as answer:
+                assert answer.status == 200
+            async with anonymous.get(f"{site.public_url}/medien/{media_token}?vorschau=x") as no:
+                assert no.status == 404
     saved = await workflow.load(engine, created_id(location))
     assert saved.announcement.image == Image(
         src=src, alt="Teilnehmende der Regionalkonferenz in Potsdam", width=6, height=4
@@ -840,20 +857,25 @@ async def test_send_a_test_to_my_address_and_my_telegram_chat(
     assert sent[0].text.startswith("[Test] Weltoffene Kommunen")
 
 
-async def test_the_image_is_one_uploaded_here(site: Site, engine: AsyncEngine) -> None:
-    """The channels fetch the image: the form must not point them at an address typed in."""
-    fields = replaced(
-        example_fields(),
-        image__src="http://169.254.169.254/latest/meta-data",
-        image__alt="Ein Bild",
-    )
+async def test_an_image_address_is_fetched_at_saving_only_if_https_and_public(
+    site: Site, engine: AsyncEngine
+) -> None:
+    """The channels never fetch an address typed in: saving fetches it, within the rules of
+    issue 13, item 3, or refuses it."""
     async with session(site, EDITOR) as http:
-        status, page, _where = await post(
-            http, "/admin/ankuendigungen/neu", with_csrf(await csrf(http), fields)
-        )
-    assert status == 400
-    assert "Bitte laden Sie das Bild hier hoch." in page
-    assert input_value(page, "image-src") == ""
+        token = await csrf(http)
+        for src, why in (
+            ("http://169.254.169.254/latest/meta-data", "nur https-Adressen"),
+            ("https://169.254.169.254/latest/meta-data", "nicht im öffentlichen Internet"),
+            ("https://127.0.0.1/bild.png", "nicht im öffentlichen Internet"),
+        ):
+            fields = replaced(example_fields(), image__src=src, image__alt="Ein Bild")
+            status, page, _where = await post(
+                http, "/admin/ankuendigungen/neu", with_csrf(token, fields)
+            )
+            assert status == 400
+            assert why in unescape(page)
+            assert input_value(page, "image-src") == ""
     assert await count_announcements(engine) == 0
 
 

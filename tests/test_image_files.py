@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +26,7 @@ from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.errors import ContentError
 from bzi_broadcast.service import Service
 from bzi_broadcast.staff import media
+from bzi_broadcast.staff.remote_images import Address, FetchPolicy
 from bzi_broadcast.store.announcements import AnnouncementRecord, Announcements
 from bzi_broadcast.store.schema import announcements
 from bzi_broadcast.testing.mastodon import MastodonServer
@@ -96,9 +98,9 @@ async def test_the_image_is_stored_and_the_announcement_points_at_it(
         engine, load_announcement(file), file=file, public_url=PUBLIC_URL + "/"
     )
     assert adopted.image is not None
-    match = re.fullmatch(rf"{PUBLIC_URL}/medien/(\d+)", adopted.image.src)
+    match = re.fullmatch(rf"{PUBLIC_URL}/medien/([A-Za-z0-9_-]{{22}})", adopted.image.src)
     assert match, adopted.image.src
-    stored = await media.fetch(engine, int(match.group(1)))
+    stored = await media.fetch(engine, match.group(1))
     assert stored is not None
     assert stored.data == image
     assert stored.content_type == "image/png"
@@ -110,11 +112,25 @@ async def test_the_image_is_stored_and_the_announcement_points_at_it(
     assert again == adopted  # the same bytes are the same stored image
 
 
-async def test_an_image_address_is_left_as_it_is(engine: AsyncEngine, tmp_path: Path) -> None:
-    file = announcement_file(tmp_path, "https://bzi.example.org/bilder/fest.png")
-    announcement = load_announcement(file)
-    adopted = await media.adopt_file_image(engine, announcement, file=file, public_url=PUBLIC_URL)
-    assert adopted == announcement
+async def test_an_image_address_is_fetched_now_and_refused_if_not_public(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """An address is not left for the channels to fetch at send time (issue 13, item 3)."""
+    file = announcement_file(tmp_path, "https://bilder.example/fest.png")
+
+    async def inside(_host: str, _port: int) -> list[Address]:
+        return [IPv4Address("10.0.0.1")]
+
+    with pytest.raises(ContentError) as caught:
+        await media.adopt_file_image(
+            engine,
+            load_announcement(file),
+            file=file,
+            public_url=PUBLIC_URL,
+            policy=FetchPolicy(resolve=inside),
+        )
+    assert [p.path for p in caught.value.problems] == ["image.src"]
+    assert "nicht im öffentlichen Internet" in caught.value.problems[0].message
 
 
 def _refusal_cases(tmp_path: Path) -> dict[str, tuple[str, str]]:
@@ -221,16 +237,20 @@ async def test_a_queued_file_image_reaches_email_and_mastodon_from_another_direc
         base = settings_for(database_url, smtp.port)
         mastodon = {"enabled": True, "base_url": mastodon_url, "access_token": SecretStr("secret")}
         settings = base.model_copy(update={"mastodon": base.mastodon.model_copy(update=mastodon)})
+        public_url = settings.email.public_url  # where the service says it is (behind a proxy)
         async with serving(Service(settings)) as url, aiohttp.ClientSession() as client:
-            queued = await asyncio.to_thread(queue_cli, database_url, directory_a, file.name, url)
+            queued = await asyncio.to_thread(
+                queue_cli, database_url, directory_a, file.name, public_url
+            )
             assert queued.returncode == 0, queued.stderr
             record = await wait_until(lambda: _finished(engine), timeout=60)
             assert record is not None
             assert record.status == S.SENT
             sent = record.announcement()
             assert sent.image is not None
-            assert sent.image.src.startswith(f"{url}/medien/")
-            async with client.get(sent.image.src) as answer:
+            token = media.token_of(public_url, sent.image.src)
+            assert token is not None, sent.image.src
+            async with client.get(f"{url}/medien/{token}") as answer:  # released: public
                 assert answer.status == 200
                 assert answer.content_type == "image/png"
                 assert await answer.read() == image

@@ -14,11 +14,13 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast.config import Settings
 from bzi_broadcast.content import Announcement, load_announcement
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.render import Renderer, ThreadLimits
 from bzi_broadcast.service import Service
+from bzi_broadcast.staff import media
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.schema import deliveries
 from bzi_broadcast.testing.mastodon import Fault, MastodonServer
@@ -195,29 +197,63 @@ async def test_an_instance_with_an_unusable_limit_fails_the_row_with_a_clear_mes
     assert row.attempts == 1  # permanent: no retries
 
 
-async def test_a_remote_image_is_fetched_and_uploaded(
+async def test_an_image_is_uploaded_from_the_media_store_not_fetched_over_http(
     engine: AsyncEngine, database_url: str, mastodon_api: tuple[MastodonServer, str]
 ) -> None:
+    """An announcement's image is one of our own ``/medien/`` addresses (issue 13, item 3): the
+    channel reads its bytes from the store. Nothing answers at the public address here (and the
+    image is not public before release anyway), so a fetch over HTTP could not succeed."""
+    api, url = mastodon_api
+    jpeg = (
+        b"\xff\xd8\xff\xe0\x00\x07JFIF\x00" + b"\xff\xc0\x00\x11\x08\x00\x20\x00\x30" + b"\x01" * 64
+    )
+    stored = await media.store(engine, jpeg, None)
+    data = json.loads(load_announcement(EXAMPLE).model_dump_json())
+    src = media.media_url(Settings().email.public_url, stored.token)
+    data["image"] = {"src": src, "alt": "Podium"}
+    await run_announcement(
+        engine, database_url, url, announcement=Announcement.model_validate(data)
+    )
+    first = api.thread()[0]
+    assert first["media_attachments"][0]["description"] == "Podium"
+    assert api.media[first["media_attachments"][0]["id"]].content == jpeg
+
+
+async def test_an_address_outside_the_media_store_is_refused_not_fetched(
+    engine: AsyncEngine, database_url: str, mastodon_api: tuple[MastodonServer, str]
+) -> None:
+    """An announcement stored before remote images were fetched at saving: no request leaves."""
     from aiohttp import web
 
     api, url = mastodon_api
-    jpeg = b"\xff\xd8\xff\xe0" + b"\x01" * 64
+    seen: list[str] = []
 
-    async def image(_request: web.Request) -> web.Response:
-        return web.Response(body=jpeg, content_type="image/jpeg")
+    async def image(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        raise web.HTTPFound("/podium.jpg")
 
     images = web.Application()
-    images.router.add_get("/podium.jpg", image)
+    images.router.add_get("/{tail:.*}", image)
     web_server = TestServer(images, host="127.0.0.1")
     await web_server.start_server()
     data = json.loads(load_announcement(EXAMPLE).model_dump_json())
-    data["image"] = {"src": f"http://127.0.0.1:{web_server.port}/podium.jpg", "alt": "Podium"}
+    data["image"] = {"src": f"http://127.0.0.1:{web_server.port}/redir/img.png", "alt": "Podium"}
     try:
-        await run_announcement(
+        announcement_id, _service = await run_announcement(
             engine, database_url, url, announcement=Announcement.model_validate(data)
         )
     finally:
         await web_server.close()
-    first = api.thread()[0]
-    assert first["media_attachments"][0]["description"] == "Podium"
-    assert api.media[first["media_attachments"][0]["id"]].content == jpeg
+    assert seen == []
+    assert api.thread() == []
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(deliveries).where(
+                    deliveries.c.announcement_id == announcement_id,
+                    deliveries.c.channel == "mastodon",
+                )
+            )
+        ).one()
+    assert row.status == "failed"
+    assert "nicht in der Medienablage" in row.last_error

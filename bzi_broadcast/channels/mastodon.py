@@ -8,7 +8,10 @@ before its first attempt and its remote id stored as soon as it is known, so a r
 timeout, a 5xx, a crash) continues the thread instead of posting it again. Mastodon forgets a key
 after an hour, so a part first tried longer ago is looked up among the account's recent statuses
 and adopted if it is there. Images are read once for the check, uploaded with their description
-and polled until processed before the status that uses them is created.
+and polled until processed before the status that uses them is created. An image comes from our
+own media store (``OwnImages``) or a local file, never over HTTP: an announcement names a remote
+image only by our own ``/medien/`` address, the original was fetched (and checked) when it was
+saved; any other address is refused here rather than fetched.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import mimetypes
 import re
 import time
 import unicodedata
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +42,7 @@ from mastodon import (
 )
 
 from bzi_broadcast.channels.base import Receipt
-from bzi_broadcast.channels.images import read_local_image
+from bzi_broadcast.channels.images import OwnImages, read_local_image
 from bzi_broadcast.channels.mastodon_instance import InstanceLimits, read_instance
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.delivery.outbox import Claimed
@@ -61,7 +63,6 @@ from bzi_broadcast.store.parts import Part, Parts
 T = TypeVar("T")
 MEDIA_POLL_SECONDS = 0.5
 MEDIA_POLL_LIMIT = 120
-IMAGE_TIMEOUT = 30.0
 LIMITS_MAX_AGE = 3600.0  # an admin may change the instance's limits; read them again hourly
 KEY_LIFETIME = timedelta(minutes=55)  # Mastodon keeps an Idempotency-Key 3,600 s; a margin
 RECENT_STATUSES = 40  # the most Mastodon gives in one page of an account's statuses
@@ -117,8 +118,10 @@ class MastodonChannel:
         image_root: Path | None = None,
         threads: int = 4,
         content_warning_share: float = 0.5,
+        media: OwnImages | None = None,
     ) -> None:
         self._client = client
+        self._own_images = media
         self._renderer = renderer
         self._parts = parts
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mastodon")
@@ -179,13 +182,10 @@ class MastodonChannel:
         for number in todo:
             self._refuse(number, len(posts), self._problem(posts[number], limits))
         images: dict[str, Image] = {}
-        loop = asyncio.get_running_loop()
         for number in todo:
             for src in posts[number].media:
                 if src not in images:
-                    images[src] = await loop.run_in_executor(
-                        self._pool, self._read_image, src, limits.image_size_limit
-                    )
+                    images[src] = await self._read_image(src)
                 self._refuse(number, len(posts), _image_problem(src, images[src], limits))
         return images
 
@@ -301,20 +301,20 @@ class MastodonChannel:
             media = await self._call(partial(self._client.media, media["id"]))
         raise TransientError(_("Mastodon: Bild wird noch verarbeitet"))
 
-    def _read_image(self, src: str, limit: int) -> Image:
-        """The image's bytes (at most ``limit`` + 1) and type, from its URL or the local file
-        (in the thread pool)."""
-        unreadable = _("Mastodon: Bild {image} nicht lesbar ({reason})")
+    async def _read_image(self, src: str) -> Image:
+        """The image's bytes and type: from the media store, or the local file (in the pool)."""
+        if self._own_images is not None and self._own_images.owns(src):
+            own = await self._own_images.read(src)
+            return Image(content=own.content, mime_type=own.mime_type)
         if src.startswith(("https://", "http://")):
-            request = urllib.request.Request(src, headers={"User-Agent": "bzi-broadcast"})  # noqa: S310
-            try:
-                with urllib.request.urlopen(request, timeout=IMAGE_TIMEOUT) as answer:  # noqa: S310
-                    return Image(
-                        content=answer.read(limit + 1), mime_type=answer.headers.get_content_type()
-                    )
-            except (OSError, ValueError) as exc:  # the web server may be back later
-                raise TransientError(unreadable.format(image=src, reason=exc)) from exc
-        content = read_local_image(self._image_root, src)
+            raise PermanentError(
+                _(
+                    "Mastodon: Bild {image} liegt nicht in der Medienablage und wird nicht aus "
+                    "dem Netz geholt; speichern Sie die Ankündigung neu, um es zu übernehmen"
+                ).format(image=src)
+            )
+        loop = asyncio.get_running_loop()
+        content = await loop.run_in_executor(self._pool, read_local_image, self._image_root, src)
         return Image(
             content=content,
             mime_type=mimetypes.guess_type(src)[0] or "application/octet-stream",

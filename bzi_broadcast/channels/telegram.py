@@ -3,7 +3,8 @@
 The Bot API has no idempotency: a message whose answer was lost may arrive twice, so Telegram
 delivery is at least once. Limits are kept at the moment of sending, across all workers of the
 process: an overall rate, one message per second per chat and 20 per minute per group
-(core.telegram.org/bots/faq "My bot is hitting limits").
+(core.telegram.org/bots/faq "My bot is hitting limits"). A photo at our own ``/medien/``
+address is uploaded from the media store (it is private until released, and the bytes are here).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from telegram.error import (
 )
 
 from bzi_broadcast.channels.base import Receipt
-from bzi_broadcast.channels.images import read_local_image
+from bzi_broadcast.channels.images import OwnImages, read_local_image
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.errors import (
     ChannelAuthError,
@@ -119,8 +120,10 @@ class TelegramChannel:
         limits: TelegramLimits,
         concurrency: int = 32,
         image_root: Path | None = None,
+        media: OwnImages | None = None,
     ) -> None:
         self.concurrency = concurrency
+        self._own_images = media
         self._bot = bot
         self._renderer = renderer
         self._pacer = Pacer(limits)
@@ -191,7 +194,7 @@ class TelegramChannel:
                 if src not in self._file_ids:
                     sent = await self._bot.send_photo(
                         chat_id,
-                        self._photo(src),
+                        await self._photo(src),
                         caption=message.text,
                         parse_mode=message.parse_mode,
                     )
@@ -202,9 +205,12 @@ class TelegramChannel:
             chat_id, self._file_ids[src], caption=message.text, parse_mode=message.parse_mode
         )
 
-    def _photo(self, src: str) -> str | InputFile:
+    async def _photo(self, src: str) -> str | InputFile:
+        if self._own_images is not None and self._own_images.owns(src):
+            own = await self._own_images.read(src)
+            return InputFile(own.content, filename=own.name)
         if src.startswith(("https://", "http://")):
-            return src
+            return src  # Telegram's servers fetch it, not ours (an announcement saved before)
         content = read_local_image(self._image_root, src)
         return InputFile(content, filename=Path(src).name)
 

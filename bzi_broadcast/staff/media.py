@@ -2,38 +2,45 @@
 
 The type and the dimensions come from the file's own header (its magic number, then where each
 format keeps width and height), never from its name or the Content-Type the browser sent: a text
-file renamed ``.png`` is refused. Each image is stored once (deduplicated by SHA-256) and served
-publicly at ``/medien/{id}``, so mail clients, Mastodon and Telegram can fetch it.
+file renamed ``.png`` is refused. Each image is stored once (deduplicated by SHA-256) under a
+random token (128 bits) and addressed as ``/medien/{token}``: nobody can list the store by
+counting. Until an announcement that uses it has been released, only staff see an image (at
+``/admin/medien/{token}``); then it is public, for mail clients and the archive.
 
-An announcement file's image (``image.src`` relative to the file) joins the store when the file is
-queued, exactly like an upload: delivery then finds it at its ``/medien/`` address, whatever the
-service's working directory.
+Every door that saves an announcement brings its image here first (``adopt_image``): an upload in
+the editor, an https address (fetched once, by ``remote_images``), a file beside an announcement
+file. So an announcement only ever names its image by our own ``/medien/`` address, and at send
+time the channels read the bytes from this store instead of fetching anything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import Text, cast, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bzi_broadcast.channels.images import image_path
+from bzi_broadcast.channels.images import OwnImage, image_path
 from bzi_broadcast.content.model import Announcement
-from bzi_broadcast.errors import BroadcastError, ContentError, Problem
+from bzi_broadcast.errors import BroadcastError, ContentError, PermanentError, Problem
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.staff import remote_images
 from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.store.announcements import utcnow
-from bzi_broadcast.store.schema import media
+from bzi_broadcast.store.schema import announcements, media
 
 MAX_BYTES = 8 * 1024 * 1024
 MAX_SIDE = 10_000  # what the content model accepts for width and height
 _JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE})
 _JPEG_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
+TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16): 128 bits
 
 
 class ImageRefused(BroadcastError):
@@ -55,6 +62,7 @@ class ImageInfo:
 @dataclass(frozen=True, kw_only=True)
 class StoredImage:
     id: int
+    token: str
     sha256: str
     content_type: str
     width: int
@@ -148,6 +156,7 @@ async def store(engine: AsyncEngine, data: bytes, user: User | None) -> StoredIm
         async with engine.begin() as conn:
             await conn.execute(
                 insert(media).values(
+                    token=secrets.token_urlsafe(16),
                     sha256=digest,
                     content_type=info.content_type,
                     data=data,
@@ -164,20 +173,81 @@ async def store(engine: AsyncEngine, data: bytes, user: User | None) -> StoredIm
     return stored
 
 
-async def adopt_file_image(
-    engine: AsyncEngine, announcement: Announcement, *, file: Path, public_url: str
+def media_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/medien/{token}"
+
+
+def token_of(public_url: str, src: str) -> str | None:
+    """The token of ``src`` when it is one of our own ``/medien/`` addresses."""
+    prefix = f"{public_url.rstrip('/')}/medien/"
+    token = src[len(prefix) :] if src.startswith(prefix) else ""
+    return token if TOKEN.fullmatch(token) else None
+
+
+async def adopt_image(
+    engine: AsyncEngine,
+    announcement: Announcement,
+    *,
+    public_url: str,
+    policy: remote_images.FetchPolicy,
+    file: Path | None = None,
+    user: User | None = None,
 ) -> Announcement:
-    """Store the image that announcement ``file`` names relative to itself and point the
-    announcement at its ``/medien/`` address, as the editor does with an upload. Width and height
-    come from the image unless the file gives them."""
+    """The announcement with its image in the store and named by its ``/medien/`` address.
+
+    Our own address stays (if the image exists); an https address is fetched once, now; a path
+    is read relative to announcement ``file`` (no file: refused). Width and height come from the
+    image unless given. ``ImageRefused`` (or ``ContentError`` for a file) says why not."""
     image = announcement.image
-    if image is None or image.is_remote:
+    if image is None:
         return announcement
-    stored = await store(engine, read_file_image(file, image.src), user=None)
-    changes: dict[str, object] = {"src": f"{public_url.rstrip('/')}/medien/{stored.id}"}
+    token = token_of(public_url, image.src)
+    if token is not None:
+        if await fetch(engine, token) is None:
+            raise ImageRefused(
+                _("Bild {image}: Dieses Bild gibt es nicht.").format(image=image.src)
+            )
+        return announcement
+    if image.is_remote:
+        try:
+            data = await remote_images.fetch_image(image.src, policy)
+        except remote_images.RemoteImageRefused as exc:
+            raise ImageRefused(exc.message) from exc
+        stored = await store(engine, data, user)
+    elif file is not None:
+        stored = await store(engine, read_file_image(file, image.src), user)
+    else:
+        raise ImageRefused(
+            _("Bild {image}: erwartet wird eine https-Adresse oder ein hochgeladenes Bild").format(
+                image=image.src
+            )
+        )
+    changes: dict[str, object] = {"src": media_url(public_url, stored.token)}
     if image.width is None and image.height is None:
         changes |= {"width": stored.width, "height": stored.height}
     return announcement.model_copy(update={"image": image.model_copy(update=changes)})
+
+
+async def adopt_file_image(
+    engine: AsyncEngine,
+    announcement: Announcement,
+    *,
+    file: Path,
+    public_url: str,
+    policy: remote_images.FetchPolicy | None = None,
+) -> Announcement:
+    """``adopt_image`` for announcement ``file``: a refusal is a ``ContentError`` naming
+    ``image.src``, as the file's other problems are."""
+    try:
+        return await adopt_image(
+            engine,
+            announcement,
+            public_url=public_url,
+            policy=policy or remote_images.FetchPolicy(),
+            file=file,
+        )
+    except ImageRefused as exc:
+        raise _image_problem(file, exc.message) from exc
 
 
 def read_file_image(file: Path, src: str) -> bytes:
@@ -212,10 +282,68 @@ def _image_problem(file: Path, message: str) -> ContentError:
     return ContentError([Problem(path="image.src", message=message)], source=str(file))
 
 
-async def fetch(engine: AsyncEngine, media_id: int) -> StoredImage | None:
+async def fetch(engine: AsyncEngine, token: str) -> StoredImage | None:
+    if not TOKEN.fullmatch(token):
+        return None
     async with engine.connect() as conn:
-        row = (await conn.execute(select(media).where(media.c.id == media_id))).one_or_none()
+        row = (await conn.execute(select(media).where(media.c.token == token))).one_or_none()
     return _stored(row) if row is not None else None
+
+
+async def is_published(engine: AsyncEngine, token: str) -> bool:
+    """Whether anyone may see image ``token``: a released announcement uses it. Found once, it
+    is marked (``published_at``), so later requests read one row."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(media.c.published_at).where(media.c.token == token))
+        ).one_or_none()
+    if row is None:
+        return False
+    if row.published_at is not None:
+        return True
+    if not await _used_by_released(engine, token):
+        return False
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(media)
+            .where(media.c.token == token, media.c.published_at.is_(None))
+            .values(published_at=utcnow())
+        )
+    return True
+
+
+async def _used_by_released(engine: AsyncEngine, token: str) -> bool:
+    """A released announcement's image is this one (the text search only narrows the rows)."""
+    query = select(announcements.c.content).where(
+        announcements.c.released_at.is_not(None),
+        cast(announcements.c.content, Text).contains(token, autoescape=True),
+    )
+    async with engine.connect() as conn:
+        for content in (await conn.execute(query)).scalars():
+            src = str(((content or {}).get("image") or {}).get("src", ""))
+            if src.endswith(f"/medien/{token}"):
+                return True
+    return False
+
+
+class MediaLibrary:
+    """The store as the channels see it (``channels.images.OwnImages``): images named by our own
+    ``/medien/`` address, read from the database instead of over HTTP."""
+
+    def __init__(self, engine: AsyncEngine, public_url: str) -> None:
+        self._engine = engine
+        self._public_url = public_url
+
+    def owns(self, src: str) -> bool:
+        return token_of(self._public_url, src) is not None
+
+    async def read(self, src: str) -> OwnImage:
+        token = token_of(self._public_url, src)
+        stored = await fetch(self._engine, token) if token else None
+        if stored is None:
+            raise PermanentError(_("Bild {image} gibt es nicht (mehr).").format(image=src))
+        name = f"{stored.token}.{stored.content_type.removeprefix('image/')}"
+        return OwnImage(content=stored.data, mime_type=stored.content_type, name=name)
 
 
 async def _by_sha256(engine: AsyncEngine, digest: str) -> StoredImage | None:
@@ -228,6 +356,7 @@ def _stored(row: object) -> StoredImage:
     mapping = row._mapping  # type: ignore[attr-defined]
     return StoredImage(
         id=mapping["id"],
+        token=mapping["token"],
         sha256=mapping["sha256"],
         content_type=mapping["content_type"],
         width=mapping["width"],

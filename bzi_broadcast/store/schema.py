@@ -314,10 +314,13 @@ api_tokens = Table(
 )
 
 # Uploaded images (the editor's image block), kept in the database so every replica serves them.
+# Addressed by ``token`` (128 random bits), never by the sequential id; ``published_at`` is set
+# the first time an anonymous request finds a released announcement that uses the image.
 media = Table(
     "media",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
+    Column("token", String(32), nullable=False, unique=True),
     Column("sha256", String(64), nullable=False, unique=True),
     Column("content_type", String(40), nullable=False),
     Column("data", LargeBinary, nullable=False),
@@ -325,4 +328,5 @@ media = Table(
     Column("height", Integer, nullable=False),
     Column("user_id", Id, ForeignKey("users.id", ondelete="SET NULL")),
     _now_column("created_at"),
+    Column("published_at", UTCDateTime()),
 )

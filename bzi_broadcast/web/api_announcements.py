@@ -27,6 +27,7 @@ from bzi_broadcast.staff.workflow import Draft
 from bzi_broadcast.store.schema import announcements, users
 from bzi_broadcast.web.api_io import (
     Call,
+    adopt_image,
     etag,
     if_match,
     parse_announcement,
@@ -97,7 +98,7 @@ async def list_announcements(call: Call) -> web.Response:
 
 
 async def create_announcement(call: Call) -> web.Response:
-    announcement = parse_announcement(await read_json(call.request))
+    announcement = await adopt_image(call, parse_announcement(await read_json(call.request)))
     new_id = await workflow.create(call.context.engine, announcement, call.user, ip=call.ip)
     return await _created(call, new_id)
 
@@ -116,7 +117,7 @@ async def _versioned(call: Call, *, required: bool) -> tuple[int, int]:
 async def replace_announcement(call: Call) -> web.Response:
     """The whole announcement anew; back to draft if it was submitted, approved or scheduled."""
     announcement_id, version = await _versioned(call, required=True)
-    announcement = parse_announcement(await read_json(call.request))
+    announcement = await adopt_image(call, parse_announcement(await read_json(call.request)))
     await workflow.save(
         call.context.engine, announcement_id, announcement, call.user, version=version, ip=call.ip
     )
@@ -180,7 +181,7 @@ async def preview_announcement(call: Call) -> web.Response:
 
 
 async def preview_unsaved(call: Call) -> web.Response:
-    announcement = parse_announcement(await read_json(call.request))
+    announcement = await adopt_image(call, parse_announcement(await read_json(call.request)))
     return await _preview(call, announcement)
 
 

@@ -22,10 +22,12 @@ from bzi_broadcast.content.loader import dotted_path, error_message, validate_an
 from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.staff import media
 from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.web.api_models import MAX_ID
 from bzi_broadcast.web.api_problems import ApiProblem, FieldProblem
 from bzi_broadcast.web.app import WebContext, client_ip, context_of
+from bzi_broadcast.web.editor import remote_policy
 
 M = TypeVar("M", bound=BaseModel)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -163,6 +165,24 @@ def parse_announcement(data: Any) -> Announcement:
     if problems:
         raise ApiProblem(422, _("Die Ankündigung ist ungültig."), errors=problems)
     return announcement
+
+
+async def adopt_image(call: Call, announcement: Announcement) -> Announcement:
+    """The image into the media store and named by our own ``/medien/`` address: an https
+    address is fetched now, once (never at send time); 422 naming ``image.src`` if it cannot be."""
+    try:
+        return await media.adopt_image(
+            call.context.engine,
+            announcement,
+            public_url=call.context.settings.email.public_url,
+            policy=remote_policy(call.request),
+            user=call.caller,
+        )
+    except media.ImageRefused as exc:
+        where = FieldProblem(detail=exc.message, pointer="/image/src", field="image.src")
+        raise ApiProblem(
+            422, _("Das Bild (image.src) lässt sich nicht übernehmen."), errors=[where]
+        ) from None
 
 
 def _local_image(announcement: Announcement) -> list[FieldProblem]:

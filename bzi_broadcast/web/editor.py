@@ -6,13 +6,16 @@ partner added, removed or moved) is a submit button that renders the form again 
 typed kept; ``/static/admin.js`` only adds the live preview. Saving checks the content with the
 model and the version the form was loaded with: someone else's newer edit is never overwritten.
 The workflow steps are small forms of their own, each with its CSRF token and the version.
-Uploaded images are served at ``/medien/{id}`` for mail clients, Mastodon and Telegram.
+Images live in the media store (``staff.media``) under a random token: ``/medien/{token}`` shows one
+to anyone once an announcement with it has been released, ``/admin/medien/{token}`` to staff at
+any time (the session cookie is scoped to ``/admin``); the preview's sandboxed frames, which send
+no cookie, get the public address with a signature valid for an hour.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -24,8 +27,10 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff import media, workflow
 from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.staff.permissions import Action, check
+from bzi_broadcast.staff.remote_images import FetchPolicy
 from bzi_broadcast.staff.workflow import Draft, NotAllowed, StaleEdit
 from bzi_broadcast.store.announcements import NotFoundError, TransitionError
+from bzi_broadcast.tokens import TokenError
 from bzi_broadcast.web import editor_form as forms
 from bzi_broadcast.web import editor_problems as problems
 from bzi_broadcast.web.admin import require
@@ -47,6 +52,9 @@ from bzi_broadcast.web.editor_upload import IMAGE_FIELD, Submission, read_form
 S = AnnouncementStatus
 LIMITS = web.AppKey("editor_limits", MastodonLimits)
 TRIAL = web.AppKey("editor_trial", TrialSender)
+REMOTE_IMAGES = web.AppKey("remote_images", FetchPolicy)  # set by tests; else the default
+PREVIEW_PURPOSE = "media-preview"
+PREVIEW_TTL = timedelta(hours=1)
 STEP_ACTIONS = {
     "einreichen": Action.SUBMIT,
     "freigeben": Action.APPROVE,
@@ -67,7 +75,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get(BASE + r"/{id:\d+}", _edit_form)
     app.router.add_post(BASE + r"/{id:\d+}", _edit_post)
     app.router.add_post(BASE + r"/{id:\d+}/{step:" + "|".join(STEPS) + "}", _step)
-    app.router.add_get(r"/medien/{id:\d+}", _media)
+    app.router.add_get("/medien/{token}", _public_media)
+    app.router.add_get("/admin/medien/{token}", _staff_media)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -126,7 +135,6 @@ async def _posted(request: web.Request, user: User, draft: Draft | None) -> web.
     state = forms.from_post(submission.fields)
     version = _number(submission.fields.get("version")) if draft else None
     upload_errors = await _take_image(request, user, submission, state)
-    upload_errors |= _foreign_image(request, state, draft)
     action = submission.fields.get("action", "preview")
     values: dict[str, Any] = {"draft": draft, "version": version}
     if action not in ("save", "preview"):
@@ -134,6 +142,8 @@ async def _posted(request: web.Request, user: User, draft: Draft | None) -> web.
         return await editor_page(request, user, state, errors=upload_errors, focus=focus, **values)
     announcement, errors = problems.validate(state)
     errors = _merged(errors, upload_errors)
+    if action == "save" and announcement is not None and not errors:
+        announcement, errors = await _adopt_image(request, user, announcement, state)
     if action == "preview" or errors or announcement is None:
         preview = await _preview_of(request, announcement, errors, state)
         status = 400 if action == "save" else 200
@@ -186,24 +196,37 @@ async def _take_image(
         stored = await media.store(context.engine, submission.image, user)
     except media.ImageRefused as exc:
         return {IMAGE_FIELD: [exc.message]}
-    base = context.settings.email.public_url.rstrip("/")
-    state["image-src"] = f"{base}/medien/{stored.id}"
+    state["image-src"] = media.media_url(context.settings.email.public_url, stored.token)
     state["image-width"], state["image-height"] = str(stored.width), str(stored.height)
     return {}
 
 
-def _foreign_image(request: web.Request, state: State, draft: Draft | None) -> Errors:
-    """The image is one uploaded here, or the one the announcement already had: the channels
-    fetch it, so the form must not point them at any address someone types in."""
-    src = state["image-src"].strip()
-    own = context_of(request).settings.email.public_url.rstrip("/") + "/medien/"
-    image = draft.announcement.image if draft else None
-    if not src or (image is not None and src == image.src):
-        return {}
-    if src.startswith(own) and src[len(own) :].isdigit():
-        return {}
-    state |= {"image-src": "", "image-width": "", "image-height": ""}
-    return {IMAGE_FIELD: [_("Bitte laden Sie das Bild hier hoch.")]}
+async def _adopt_image(
+    request: web.Request, user: User, announcement: Announcement, state: State
+) -> tuple[Announcement | None, Errors]:
+    """Before saving: the image into the media store (an https address is fetched now, once),
+    so the channels only ever read it from there; the form shows where it went."""
+    context = context_of(request)
+    try:
+        adopted = await media.adopt_image(
+            context.engine,
+            announcement,
+            public_url=context.settings.email.public_url,
+            policy=remote_policy(request),
+            user=user,
+        )
+    except media.ImageRefused as exc:
+        state |= {"image-src": "", "image-width": "", "image-height": ""}
+        return None, {IMAGE_FIELD: [exc.message]}
+    if adopted.image is not None:
+        state["image-src"] = adopted.image.src
+        state["image-width"] = str(adopted.image.width or "")
+        state["image-height"] = str(adopted.image.height or "")
+    return adopted, {}
+
+
+def remote_policy(request: web.Request) -> FetchPolicy:
+    return request.config_dict.get(REMOTE_IMAGES) or FetchPolicy()
 
 
 def _merged(first: Errors, second: Errors) -> Errors:
@@ -241,8 +264,10 @@ async def _preview_of(
             )
         )
     limits, from_instance = await request.app[LIMITS].get()
-    renderer = context_of(request).renderer
-    return await renderer.off_loop(render, renderer, announcement, limits, from_instance)
+    context = context_of(request)
+    shown = staff_view(request, announcement)
+    renderer = context.renderer
+    return await renderer.off_loop(render, renderer, shown, limits, from_instance)
 
 
 # --- the workflow steps -------------------------------------------------------------------------
@@ -359,14 +384,32 @@ async def _send_test(request: web.Request, user: User, draft: Draft) -> web.Resp
 # --- images -------------------------------------------------------------------------------------
 
 
-async def _media(request: web.Request) -> web.Response:
-    """An uploaded image, public: its id never changes what it shows, so caches may keep it."""
-    stored = await media.fetch(context_of(request).engine, int(request.match_info["id"]))
+async def _public_media(request: web.Request) -> web.Response:
+    """An image of a released announcement, for everyone; any other token is not found, so an
+    image uploaded for a draft or a preview stays private. A token never changes what it shows,
+    so caches may keep it."""
+    engine, token = context_of(request).engine, request.match_info["token"]
+    stored = await media.fetch(engine, token)
+    if stored is not None and _signed_for_preview(request, token):
+        return _image_response(request, stored, "private, max-age=3600")
+    if stored is None or not await media.is_published(engine, token):
+        raise _no_image()
+    return _image_response(request, stored, "public, max-age=31536000, immutable")
+
+
+async def _staff_media(request: web.Request) -> web.Response:
+    """Any image, for staff (the editor's form and preview show unreleased ones)."""
+    await require(request)
+    stored = await media.fetch(context_of(request).engine, request.match_info["token"])
     if stored is None:
-        raise web.HTTPNotFound(text=_("Dieses Bild gibt es nicht."))
+        raise _no_image()
+    return _image_response(request, stored, "private, max-age=3600")
+
+
+def _image_response(request: web.Request, stored: media.StoredImage, cache: str) -> web.Response:
     etag = f'"{stored.sha256}"'
     headers = {
-        "Cache-Control": "public, max-age=31536000, immutable",
+        "Cache-Control": cache,
         "ETag": etag,
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": "inline",
@@ -374,6 +417,38 @@ async def _media(request: web.Request) -> web.Response:
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     return web.Response(body=stored.data, content_type=stored.content_type, headers=headers)
+
+
+def _no_image() -> web.HTTPNotFound:
+    # Not cached: the image may be published later.
+    return web.HTTPNotFound(
+        text=_("Dieses Bild gibt es nicht."), headers={"Cache-Control": "no-store"}
+    )
+
+
+def staff_view(request: web.Request, announcement: Announcement) -> Announcement:
+    """``announcement`` with its image at an address signed for an hour, for the preview: the
+    preview's sandboxed frames send no session cookie, and the plain public address answers 404
+    until the announcement is released."""
+    context = context_of(request)
+    image = announcement.image
+    token = media.token_of(context.settings.email.public_url, image.src) if image else None
+    if image is None or token is None:
+        return announcement
+    signed = context.signer.sign(purpose=PREVIEW_PURPOSE, subject=token, ttl=PREVIEW_TTL)
+    src = f"{media.media_url(context.settings.email.public_url, token)}?vorschau={signed}"
+    return announcement.model_copy(update={"image": image.model_copy(update={"src": src})})
+
+
+def _signed_for_preview(request: web.Request, token: str) -> bool:
+    signed = request.query.get("vorschau")
+    if not signed:
+        return False
+    try:
+        payload = context_of(request).signer.verify(signed, purpose=PREVIEW_PURPOSE)
+    except TokenError:
+        return False
+    return payload.subject == token
 
 
 async def _draft(request: web.Request) -> Draft:
