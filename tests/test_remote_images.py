@@ -40,7 +40,7 @@ from bzi_broadcast.staff.remote_images import (
 )
 from bzi_broadcast.store.schema import media as media_table
 from bzi_broadcast.testing.smtp import SmtpCapture
-from bzi_broadcast.web.editor import REMOTE_IMAGES
+from bzi_broadcast.web.media_pages import REMOTE_IMAGES
 
 from .conftest import EXAMPLE, require_or_skip
 from .test_delivery import serving, settings_for

@@ -34,6 +34,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 
 Address = IPv4Address | IPv6Address
@@ -47,6 +48,9 @@ _NAT64 = ip_network("64:ff9b::/96")  # an IPv4 address behind NAT64 (RFC 6052)
 
 class RemoteImageRefused(BroadcastError):
     """Das Bild unter dieser Adresse lässt sich nicht übernehmen."""
+
+
+_DEFAULT_MESSAGES = (N_("Das Bild unter dieser Adresse lässt sich nicht übernehmen."),)
 
 
 def is_public(address: Address) -> bool:

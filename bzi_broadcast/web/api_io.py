@@ -27,7 +27,7 @@ from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.web.api_models import MAX_ID
 from bzi_broadcast.web.api_problems import ApiProblem, FieldProblem
 from bzi_broadcast.web.app import WebContext, client_ip, context_of
-from bzi_broadcast.web.editor import remote_policy
+from bzi_broadcast.web.media_pages import remote_policy
 
 M = TypeVar("M", bound=BaseModel)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -6,16 +6,14 @@ partner added, removed or moved) is a submit button that renders the form again 
 typed kept; ``/static/admin.js`` only adds the live preview. Saving checks the content with the
 model and the version the form was loaded with: someone else's newer edit is never overwritten.
 The workflow steps are small forms of their own, each with its CSRF token and the version.
-Images live in the media store (``staff.media``) under a random token: ``/medien/{token}`` shows one
-to anyone once an announcement with it has been released, ``/admin/medien/{token}`` to staff at
-any time (the session cookie is scoped to ``/admin``); the preview's sandboxed frames, which send
-no cookie, get the public address with a signature valid for an hour.
+Images go to the media store at once (an upload) or when saving (an https address, fetched
+then); ``media_pages`` serves them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -27,12 +25,11 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff import media, workflow
 from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.staff.permissions import Action, check
-from bzi_broadcast.staff.remote_images import FetchPolicy
 from bzi_broadcast.staff.workflow import Draft, NotAllowed, StaleEdit
 from bzi_broadcast.store.announcements import NotFoundError, TransitionError
-from bzi_broadcast.tokens import TokenError
 from bzi_broadcast.web import editor_form as forms
 from bzi_broadcast.web import editor_problems as problems
+from bzi_broadcast.web import media_pages
 from bzi_broadcast.web.admin import require
 from bzi_broadcast.web.app import CONTEXT, check_csrf, client_ip, context_of, page
 from bzi_broadcast.web.dashboard import cancelled_url
@@ -52,9 +49,6 @@ from bzi_broadcast.web.editor_upload import IMAGE_FIELD, Submission, read_form
 S = AnnouncementStatus
 LIMITS = web.AppKey("editor_limits", MastodonLimits)
 TRIAL = web.AppKey("editor_trial", TrialSender)
-REMOTE_IMAGES = web.AppKey("remote_images", FetchPolicy)  # set by tests; else the default
-PREVIEW_PURPOSE = "media-preview"
-PREVIEW_TTL = timedelta(hours=1)
 STEP_ACTIONS = {
     "einreichen": Action.SUBMIT,
     "freigeben": Action.APPROVE,
@@ -75,8 +69,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get(BASE + r"/{id:\d+}", _edit_form)
     app.router.add_post(BASE + r"/{id:\d+}", _edit_post)
     app.router.add_post(BASE + r"/{id:\d+}/{step:" + "|".join(STEPS) + "}", _step)
-    app.router.add_get("/medien/{token}", _public_media)
-    app.router.add_get("/admin/medien/{token}", _staff_media)
+    app.router.add_get("/medien/{token}", media_pages.public_image)
+    app.router.add_get("/admin/medien/{token}", media_pages.staff_image)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -212,7 +206,7 @@ async def _adopt_image(
             context.engine,
             announcement,
             public_url=context.settings.email.public_url,
-            policy=remote_policy(request),
+            policy=media_pages.remote_policy(request),
             user=user,
         )
     except media.ImageRefused as exc:
@@ -223,10 +217,6 @@ async def _adopt_image(
         state["image-width"] = str(adopted.image.width or "")
         state["image-height"] = str(adopted.image.height or "")
     return adopted, {}
-
-
-def remote_policy(request: web.Request) -> FetchPolicy:
-    return request.config_dict.get(REMOTE_IMAGES) or FetchPolicy()
 
 
 def _merged(first: Errors, second: Errors) -> Errors:
@@ -265,7 +255,7 @@ async def _preview_of(
         )
     limits, from_instance = await request.app[LIMITS].get()
     context = context_of(request)
-    shown = staff_view(request, announcement)
+    shown = media_pages.staff_view(request, announcement)
     renderer = context.renderer
     return await renderer.off_loop(render, renderer, shown, limits, from_instance)
 
@@ -379,76 +369,6 @@ async def _send_test(request: web.Request, user: User, draft: Draft) -> web.Resp
     return await _saved_page(
         request, user, draft, notices, 200 if all(o.ok for o in outcomes) else 502
     )
-
-
-# --- images -------------------------------------------------------------------------------------
-
-
-async def _public_media(request: web.Request) -> web.Response:
-    """An image of a released announcement, for everyone; any other token is not found, so an
-    image uploaded for a draft or a preview stays private. A token never changes what it shows,
-    so caches may keep it."""
-    engine, token = context_of(request).engine, request.match_info["token"]
-    stored = await media.fetch(engine, token)
-    if stored is not None and _signed_for_preview(request, token):
-        return _image_response(request, stored, "private, max-age=3600")
-    if stored is None or not await media.is_published(engine, token):
-        raise _no_image()
-    return _image_response(request, stored, "public, max-age=31536000, immutable")
-
-
-async def _staff_media(request: web.Request) -> web.Response:
-    """Any image, for staff (the editor's form and preview show unreleased ones)."""
-    await require(request)
-    stored = await media.fetch(context_of(request).engine, request.match_info["token"])
-    if stored is None:
-        raise _no_image()
-    return _image_response(request, stored, "private, max-age=3600")
-
-
-def _image_response(request: web.Request, stored: media.StoredImage, cache: str) -> web.Response:
-    etag = f'"{stored.sha256}"'
-    headers = {
-        "Cache-Control": cache,
-        "ETag": etag,
-        "X-Content-Type-Options": "nosniff",
-        "Content-Disposition": "inline",
-    }
-    if request.headers.get("If-None-Match") == etag:
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=stored.data, content_type=stored.content_type, headers=headers)
-
-
-def _no_image() -> web.HTTPNotFound:
-    # Not cached: the image may be published later.
-    return web.HTTPNotFound(
-        text=_("Dieses Bild gibt es nicht."), headers={"Cache-Control": "no-store"}
-    )
-
-
-def staff_view(request: web.Request, announcement: Announcement) -> Announcement:
-    """``announcement`` with its image at an address signed for an hour, for the preview: the
-    preview's sandboxed frames send no session cookie, and the plain public address answers 404
-    until the announcement is released."""
-    context = context_of(request)
-    image = announcement.image
-    token = media.token_of(context.settings.email.public_url, image.src) if image else None
-    if image is None or token is None:
-        return announcement
-    signed = context.signer.sign(purpose=PREVIEW_PURPOSE, subject=token, ttl=PREVIEW_TTL)
-    src = f"{media.media_url(context.settings.email.public_url, token)}?vorschau={signed}"
-    return announcement.model_copy(update={"image": image.model_copy(update={"src": src})})
-
-
-def _signed_for_preview(request: web.Request, token: str) -> bool:
-    signed = request.query.get("vorschau")
-    if not signed:
-        return False
-    try:
-        payload = context_of(request).signer.verify(signed, purpose=PREVIEW_PURPOSE)
-    except TokenError:
-        return False
-    return payload.subject == token
 
 
 async def _draft(request: web.Request) -> Draft:
