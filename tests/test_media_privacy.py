@@ -195,3 +195,28 @@ async def test_the_migration_gives_existing_images_tokens_and_new_addresses(
     assert [media.TOKEN.fullmatch(r.token) is not None for r in rows] == [True, True]
     assert sources == [media.media_url(PUBLIC_URL, r.token) for r in rows]
     assert [r.published_at is not None for r in rows] == [True, False]
+
+
+async def test_telegram_sends_a_stored_image_as_an_upload_not_its_address(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """The image is private until released and its bytes are here: Telegram gets them, not an
+    address to fetch (issue 13, item 3)."""
+    from bzi_broadcast.testing.telegram import UPLOAD, Limits, TelegramServer
+
+    from .test_telegram_channel import TOKEN, add_telegram_subscribers, run_telegram
+
+    stored = await media.store(engine, png(), None)
+    src = media.media_url(PUBLIC_URL, stored.token)
+    announcement = load_announcement(EXAMPLE).model_copy(
+        update={"image": Image(src=src, alt="Podium")}
+    )
+    api = TelegramServer(token=TOKEN, limits=Limits(per_second=300, per_chat_per_second=10))
+    api.add_chat(1001)
+    await add_telegram_subscribers(engine, [1001])
+    store, announcement_id, _mails = await run_telegram(
+        engine, database_url, api, announcement=announcement, per_chat_per_second=10.0
+    )
+    assert (await store.get(announcement_id)).status == S.SENT
+    photos = [params["photo"] for method, params in api.calls if method == "sendPhoto"]
+    assert photos == [UPLOAD]
