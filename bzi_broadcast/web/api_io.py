@@ -186,10 +186,10 @@ async def adopt_image(call: Call, announcement: Announcement) -> Announcement:
 
 
 def _local_image(announcement: Announcement) -> list[FieldProblem]:
-    """A file path would be read from the server's disk when the mail is sent."""
+    """A file path would be read from the server's disk; only an https address is fetched."""
     if announcement.image is None or announcement.image.is_remote:
         return []
-    detail = _("Über die API nur als http(s)-Adresse; Dateipfade sind nicht erlaubt")
+    detail = _("Über die API nur als https-Adresse; Dateipfade sind nicht erlaubt")
     return [FieldProblem(detail=detail, pointer="/image/src", field="image.src")]
 
 
