@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bzi_broadcast.errors import ConfigError
+from bzi_broadcast.files import FileRefused, read_capped
 from bzi_broadcast.i18n import gettext as _
 
 
@@ -311,11 +312,20 @@ def load_settings(
     return settings
 
 
+CONFIG_MAX_BYTES = 1024 * 1024  # a configuration is a few kilobytes
+SECRET_MAX_BYTES = 64 * 1024
+
+
 def _read_text(path: Path) -> str:
+    """The file's text: a regular file (not /dev/zero or a pipe) of at most 1 MB, in UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(_("{path}: {reason}").format(path=path, reason=exc.strerror)) from None
+        raw = read_capped(path, CONFIG_MAX_BYTES)
+    except FileRefused as exc:
+        raise ConfigError(f"{path}: {exc.message}") from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise ConfigError(_("{path}: größer als 1 MB").format(path=path))
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(_("{path}: keine UTF-8-Textdatei").format(path=path)) from None
 
@@ -326,6 +336,10 @@ def _parse_toml(path: Path, text: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             _("{path}: kein gültiges TOML: {reason}").format(path=path, reason=exc)
+        ) from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError(
+            _("{path}: kein gültiges TOML: zu tief verschachtelt").format(path=path)
         ) from None
 
 
@@ -430,11 +444,14 @@ def _list_or_text(section: str, key: str, value: str) -> Any:
 
 def _read_secret(variable: str, path: str, problems: list[str]) -> str | None:
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
+        raw = read_capped(Path(path), SECRET_MAX_BYTES)
+        if len(raw) > SECRET_MAX_BYTES:
+            raise FileRefused(_("größer als 64 KB"))
+        return raw.decode("utf-8").strip()
+    except FileRefused as exc:
         problems.append(
             _("{variable}: Datei {path} nicht lesbar ({reason})").format(
-                variable=variable, path=path, reason=exc.strerror
+                variable=variable, path=path, reason=exc.message
             )
         )
         return None
