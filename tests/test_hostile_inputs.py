@@ -219,6 +219,15 @@ async def test_random_public_forms_never_answer_5xx(site: Site) -> None:  # noqa
     assert await asyncio.to_thread(post_forms, site.url, paths, None) == []
 
 
+async def test_random_preferences_of_a_real_subscriber_never_answer_5xx(
+    site: Site,  # noqa: F811
+    preferences: tuple[aiohttp.ClientSession, str, str],
+) -> None:
+    """With a valid link, so the values reach the date parsing and the subscriber's update."""
+    _http, path, _token = preferences
+    assert await asyncio.to_thread(post_forms, site.url, [path], None) == []
+
+
 async def test_random_staff_forms_never_answer_5xx(site: Site) -> None:  # noqa: F811
     login = (EDITOR, PASSWORD)
     assert await asyncio.to_thread(post_forms, site.url, STAFF_POSTS, login) == []
