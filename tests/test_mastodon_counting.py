@@ -351,3 +351,12 @@ def test_a_url_that_counts_more_than_a_post_holds_is_refused() -> None:
     limits = ThreadLimits(max_characters=40, url_length=60)
     with pytest.raises(ValueError, match="nicht in Beiträge passender Länge"):
         split_thread("Text " * 20 + "https://example.org/x " + "Ende " * 20, limits=limits)
+
+
+def test_hashtags_that_leave_no_room_for_text_are_refused_with_their_length() -> None:
+    tags = [f"Integrationsrat{i:02}" + "x" * 30 for i in range(11)]  # 11 × 48 with "#", spaced
+    with pytest.raises(ValueError, match="Die Hashtags brauchen 538 Zeichen"):
+        split_thread("Ein Satz. " * 100, hashtags=tags)
+    # with room left for text they close the first post, as ever
+    posts = split_thread("Ein Satz. " * 100, hashtags=tags[:5])
+    assert posts[0].split("\n\n")[-2] == " ".join(f"#{tag}" for tag in tags[:5])

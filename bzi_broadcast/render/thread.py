@@ -66,6 +66,7 @@ def split_thread(
 ) -> list[str]:
     _check_spoiler(spoiler_text, limits)
     tag_line = " ".join(_normalize_tag(tag) for tag in hashtags)
+    _check_tags(tag_line, spoiler_text, limits)
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
     if not paragraphs:
         return [tag_line] if tag_line else []
@@ -101,6 +102,20 @@ def _check_spoiler(spoiler_text: str, limits: ThreadLimits) -> None:
             "{limit} Zeichen eines Beitrags."
         )
         raise ValueError(message.format(length=length, most=most, limit=limits.max_characters))
+
+
+def _check_tags(tag_line: str, spoiler_text: str, limits: ThreadLimits) -> None:
+    """The first post holds the hashtags, the content warning, its numbering and some text."""
+    needed = grapheme_count(tag_line) + grapheme_count(spoiler_text) + len("\n\n1/99\n\n")
+    if tag_line and needed + MIN_CHARACTERS > limits.max_characters:
+        message = _(
+            "Die Hashtags brauchen {length} Zeichen; mit Inhaltswarnung und Nummerierung bleibt "
+            "im ersten Beitrag ({limit} Zeichen) kein Platz für Text. Bitte weniger oder kürzere "
+            "Hashtags wählen."
+        )
+        raise ValueError(
+            message.format(length=grapheme_count(tag_line), limit=limits.max_characters)
+        )
 
 
 def _normalize_tag(tag: str) -> str:
