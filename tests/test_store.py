@@ -17,6 +17,8 @@ from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
 from bzi_broadcast.delivery.release import release
 from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.staff import workflow
+from bzi_broadcast.staff.permissions import Operator
 from bzi_broadcast.store.announcements import Announcements, TransitionError
 from bzi_broadcast.store.engine import StoreError, create_engine, is_current, migrate
 from bzi_broadcast.store.schema import deliveries, metadata, subscriber_topics, subscribers
@@ -244,10 +246,12 @@ async def test_cancel_stops_undelivered_rows(engine: AsyncEngine) -> None:
         announcement(), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
     )
     await release(engine, new_id)
-    assert await control.cancel(engine, new_id, actor="t") == 10
+    operator = Operator(name="t")
+    cancelled = await workflow.cancel(engine, new_id, operator, settle=5)
+    assert (cancelled.stopped, cancelled.sent, cancelled.in_flight) == (10, 0, 0)
     assert (await store.get(new_id)).status == S.CANCELLED
     with pytest.raises(TransitionError):
-        await control.cancel(engine, new_id, actor="t")
+        await workflow.cancel(engine, new_id, operator, settle=5)
 
 
 async def test_fan_out_in_chunks_writes_every_row_once(engine: AsyncEngine) -> None:
