@@ -27,6 +27,7 @@ from bzi_broadcast.errors import (
     DeliveryError,
     PermanentError,
     TransientError,
+    UnknownOutcomeError,
 )
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.metrics import SEND_SECONDS
@@ -183,6 +184,16 @@ class Worker:
         except DeliveryError as exc:
             self._add(self._failure(item, attempts, exc))
             await self._after_failure(item, exc)
+            return
+        except Exception as exc:  # a bug in a channel: recorded and retried, never a stuck row
+            log.exception(
+                "send raised unexpectedly delivery_id=%s channel=%s", item.id, self.channel.name
+            )
+            unknown = UnknownOutcomeError(
+                _("Interner Fehler beim Senden ({kind})").format(kind=type(exc).__name__)
+            )
+            self._add(self._failure(item, attempts, unknown))
+            await self._after_failure(item, unknown)
             return
         self._errors.add(False)
         self.sent += 1
