@@ -38,7 +38,7 @@ from bzi_broadcast.staff.accounts import Role, add_user
 from bzi_broadcast.store.schema import announcements, users
 from bzi_broadcast.testing.mastodon import MastodonServer
 from bzi_broadcast.testing.smtp import SmtpCapture
-from bzi_broadcast.testing.telegram import Limits, TelegramServer
+from bzi_broadcast.testing.telegram import UPLOAD, Limits, TelegramServer
 from bzi_broadcast.web.editor import berlin_moment
 from bzi_broadcast.web.editor_preview import MastodonLimits
 
@@ -855,6 +855,44 @@ async def test_send_a_test_to_my_address_and_my_telegram_chat(
     sent = site.telegram.messages_to(4242)
     assert len(sent) == 1
     assert sent[0].text.startswith("[Test] Weltoffene Kommunen")
+
+
+async def test_a_test_send_shows_the_drafts_private_image(site: Site, engine: AsyncEngine) -> None:
+    """The draft's image answers 404 at its public address until release; the test mail links it
+    signed for an hour, and Telegram gets it uploaded from the store."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(users)
+            .where(users.c.email == EDITOR)
+            .values(telegram_chat_id=4243, telegram_linked_at=datetime.now(UTC))
+        )
+    async with session(site, EDITOR) as http:
+        token = await csrf(http)
+        fields = with_csrf(token, replaced(example_fields(), image__alt="Das Podium"))
+        status, page, location = await post(
+            http, "/admin/ankuendigungen/neu", fields, ("bild.png", png(6, 4))
+        )
+        assert status == 303, page
+        status, page, _where = await step(http, created_id(location), "test")
+    assert status == 200, page
+    assert "Telegram: 2 Nachrichten an Chat 4243 gesendet." in page  # a caption, then the rest
+
+    async def mailed() -> bool:
+        return any(r.recipient == EDITOR for r in site.smtp.received)
+
+    await wait_until(mailed, timeout=10)
+    message = next(r for r in site.smtp.received if r.recipient == EDITOR).message()
+    html = message.get_body(("html",))
+    assert html is not None
+    found = re.search(r'<img[^>]+src="([^"]+/medien/[^"]+)"', html.get_content())
+    assert found, html.get_content()
+    address = found.group(1).replace("&amp;", "&")
+    assert "?vorschau=" in address
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(address) as answer:
+        assert answer.status == 200
+        assert await answer.read() == png(6, 4)
+    photos = [p["photo"] for m, p in site.telegram.calls if m == "sendPhoto"]
+    assert photos == [UPLOAD]  # the bytes, not the address nobody outside may fetch yet
 
 
 async def test_an_image_address_is_fetched_at_saving_only_if_https_and_public(

@@ -76,7 +76,9 @@ def setup(app: web.Application) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     context = app[CONTEXT]
     app[LIMITS] = MastodonLimits(context.settings.mastodon)
-    app[TRIAL] = TrialSender(context.settings, context.renderer, context.extras["email"])
+    app[TRIAL] = TrialSender(
+        context.settings, context.renderer, context.extras["email"], engine=context.engine
+    )
     yield
     await app[TRIAL].aclose()
 
@@ -361,7 +363,8 @@ def berlin_moment(text: str) -> tuple[datetime, bool]:
 
 async def _send_test(request: web.Request, user: User, draft: Draft) -> web.Response:
     trial = request.app[TRIAL]
-    outcomes = [await trial.email(draft.announcement, user.email)]
+    # the draft's image is private until release: the test mail links it signed for an hour
+    outcomes = [await trial.email(media_pages.staff_view(request, draft.announcement), user.email)]
     chat = await telegram_chat(request, user)
     if chat is not None:
         outcomes.append(await trial.telegram(draft.announcement, chat))

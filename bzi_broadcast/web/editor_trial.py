@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Bot
 from telegram.request import HTTPXRequest
 
@@ -32,6 +33,7 @@ from bzi_broadcast.render.renditions import (
     TelegramRendition,
 )
 from bzi_broadcast.render.social import TELEGRAM_CAPTION_LIMIT, TELEGRAM_MESSAGE_LIMIT
+from bzi_broadcast.staff.media import MediaLibrary
 
 PREFIX = "[Test] "
 
@@ -43,8 +45,16 @@ class Outcome:
 
 
 class TrialSender:
-    def __init__(self, settings: Settings, renderer: Renderer, email: EmailChannel) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        renderer: Renderer,
+        email: EmailChannel,
+        *,
+        engine: AsyncEngine | None = None,
+    ) -> None:
         self._settings = settings
+        self._engine = engine
         self._renderer = renderer
         self._email = email
         self._telegram: TelegramChannel | None = None
@@ -127,7 +137,15 @@ class TrialSender:
                 per_chat_per_second=t.per_chat_per_second,
                 per_group_per_minute=t.per_group_per_minute,
             )
-            self._telegram = TelegramChannel(bot, self._renderer, limits, concurrency=1)
+            # a draft's image is private until release: it is uploaded from the store
+            images = (
+                MediaLibrary(self._engine, self._settings.email.public_url)
+                if self._engine
+                else None
+            )
+            self._telegram = TelegramChannel(
+                bot, self._renderer, limits, concurrency=1, media=images
+            )
         return self._telegram
 
     async def aclose(self) -> None:
