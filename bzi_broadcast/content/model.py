@@ -168,7 +168,10 @@ class PartnerRole(StrEnum):
 
 
 class Image(Frozen):
-    src: Source = Field(description="Path relative to the announcement file, or an http(s) URL")
+    src: Source = Field(
+        description="Path relative to the announcement file, or an https URL; either is fetched "
+        "once when saved into the media store and replaced by its own /medien/ address"
+    )
     alt: AltText
     width: Annotated[int, Field(gt=0, le=10000)] | None = None
     height: Annotated[int, Field(gt=0, le=10000)] | None = None
