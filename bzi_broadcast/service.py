@@ -356,6 +356,9 @@ class Service:
                 _("E-Mail-Versand nicht möglich: {reason}").format(reason=exc.message)
             ) from None
         await load_bucket(self.engine, self.email.bucket)
+        marked = await gdpr.mark_suppressed(self.engine, self.settings.security.signing_key())
+        if marked:
+            log.warning("suppressed addresses marked at start count=%s", marked)
         await self.outbox.requeue_expired_leases()
         await self.scheduler.start()
         # What exists now (modules, templates, clients) lives as long as the process: keep it out

@@ -126,6 +126,24 @@ async def test_release_skips_suppressed_addresses_even_when_their_status_says_ac
     assert recipients == {"person0@example.org", "person2@example.org"}
 
 
+async def test_an_address_let_back_in_before_the_mark_existed_is_marked_at_start(
+    engine: AsyncEngine,
+) -> None:
+    """Before the mark, the old preferences page set a suppressed address back to active with
+    only its hash on the list; the service marks such rows when it starts (gdpr.mark_suppressed),
+    so release skips them."""
+    await add_subscribers(engine, 3)
+    await suppress(engine, "person1@example.org", reason="hard_bounce", detail=None, key=KEY)
+    async with engine.begin() as conn:  # the state the old code left: active, unmarked
+        await conn.execute(update(subscribers).values(status="active", suppressed_at=None))
+    assert await gdpr.mark_suppressed(engine, KEY) == 1
+    assert await gdpr.mark_suppressed(engine, KEY) == 0  # marked once
+    store = Announcements(engine)
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    new_id = await control.queue(store, announcement(), at=past, actor="t", allow_past=True)
+    assert await release(engine, new_id) == {"email": 2}
+
+
 async def test_import_of_a_suppressed_address_does_not_bring_it_back(engine: AsyncEngine) -> None:
     await add_subscribers(engine, 1)
     await suppress(engine, "person0@example.org", reason="complaint", detail=None, key=KEY)

@@ -21,6 +21,8 @@ from bzi_broadcast.store.schema import deliveries, subscriber_topics, subscriber
 from bzi_broadcast.subscribers.consent import history
 from bzi_broadcast.subscribers.store import SubscriberStatus, normalize_email, suppression_hash
 
+_HASHES_PER_QUERY = 1000  # bound parameters per statement stay well below every driver's limit
+
 EXPORT_BATCH = 1000
 
 
@@ -183,3 +185,31 @@ def _profile(row: Row[Any]) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+async def mark_suppressed(engine: AsyncEngine, key: bytes) -> int:
+    """Mark every subscriber whose address is on the suppression list but not yet marked; how
+    many. Release reads only the mark (SQL cannot compute the keyed hash), so an address that an
+    older version let back in unmarked would otherwise be sent to; run at every start, it costs
+    one HMAC per unmarked address."""
+    async with engine.begin() as conn:
+        rows = await conn.execute(
+            select(subscribers.c.id, subscribers.c.email).where(
+                subscribers.c.email.is_not(None), subscribers.c.suppressed_at.is_(None)
+            )
+        )
+        by_hash = {suppression_hash(row.email, key): row.id for row in rows}
+        listed: set[int] = set()
+        for start in range(0, len(by_hash), _HASHES_PER_QUERY):
+            chunk = list(by_hash)[start : start + _HASHES_PER_QUERY]
+            found = await conn.execute(
+                select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(chunk))
+            )
+            listed.update(by_hash[digest] for digest in found.scalars())
+        if listed:
+            await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id.in_(sorted(listed)))
+                .values(suppressed_at=utcnow())
+            )
+    return len(listed)
