@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.config import Organisation, RenderSettings
 from bzi_broadcast.content import Announcement, load_announcement
+from bzi_broadcast.testing.mastodon import MastodonServer
 
 if TYPE_CHECKING:
     from bzi_broadcast.render import Renderer
@@ -181,3 +182,15 @@ async def run_mastodon_mock(workdir: Path) -> AsyncIterator[str]:
             process.kill()
             process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+async def mastodon_api() -> AsyncIterator[tuple[MastodonServer, str]]:
+    """Our local Mastodon API server (bzi_broadcast.testing.mastodon), token "secret"."""
+    from aiohttp.test_utils import TestServer
+
+    api = MastodonServer(token="secret", processing_seconds=0.05)
+    http = TestServer(api.app(), host="127.0.0.1")
+    await http.start_server()
+    yield api, f"http://127.0.0.1:{http.port}"
+    await http.close()

@@ -10,7 +10,6 @@ import re
 import shutil
 import socket
 import struct
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from bzi_broadcast.web.editor import berlin_moment
 from bzi_broadcast.web.editor_preview import MastodonLimits
 
 from .conftest import ARTIFACTS, EXAMPLE, require_or_skip
+from .pictures import png
 from .test_admin import CSRF, PASSWORD, client, login
 from .test_delivery import serving, settings_for, wait_until
 
@@ -318,21 +318,6 @@ def textarea_value(page: str, name: str) -> str:
     found = re.search(rf'name="{re.escape(name)}"[^>]*>(.*?)</textarea>', page, re.S)
     assert found, name
     return unescape(found.group(1))
-
-
-def png(width: int = 3, height: int = 2) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    rows = b"".join(b"\x00" + b"\x00\x57\x6b" * width for _row in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 async def count_announcements(engine: AsyncEngine) -> int:

@@ -6,17 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import struct
 import subprocess
 import sys
-import zlib
-from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +28,7 @@ from bzi_broadcast.store.schema import announcements
 from bzi_broadcast.testing.mastodon import MastodonServer
 from bzi_broadcast.testing.smtp import SmtpCapture
 
+from .pictures import png
 from .test_delivery import serving, settings_for, wait_until
 from .test_store import add_subscribers
 
@@ -45,23 +42,6 @@ blocks:
   - type: text
     text: Wir feiern.
 """
-
-
-def png(width: int = 3, height: int = 2) -> bytes:
-    """A real, tiny PNG (IHDR, one IDAT, IEND), as an image program would write it."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    rows = b"".join(b"\x00" + b"\xc0\x30\x30" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 def announcement_file(directory: Path, src: str) -> Path:
@@ -199,15 +179,6 @@ async def test_queue_refuses_a_text_file_named_png_and_queues_nothing(
 
 
 # --- at send time, from another directory -------------------------------------------------------
-
-
-@pytest.fixture
-async def mastodon_api() -> AsyncIterator[tuple[MastodonServer, str]]:
-    api = MastodonServer(token="secret", processing_seconds=0.05)
-    http = TestServer(api.app(), host="127.0.0.1")
-    await http.start_server()
-    yield api, f"http://127.0.0.1:{http.port}"
-    await http.close()
 
 
 async def _finished(engine: AsyncEngine) -> AnnouncementRecord | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,15 +27,6 @@ from bzi_broadcast.testing.smtp import SmtpCapture
 
 from .conftest import EXAMPLE
 from .test_delivery import settings_for, wait_until
-
-
-@pytest.fixture
-async def mastodon_api() -> AsyncIterator[tuple[MastodonServer, str]]:
-    api = MastodonServer(token="secret", processing_seconds=0.2)
-    http = TestServer(api.app(), host="127.0.0.1")
-    await http.start_server()
-    yield api, f"http://127.0.0.1:{http.port}"
-    await http.close()
 
 
 async def run_announcement(

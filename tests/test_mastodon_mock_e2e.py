@@ -24,10 +24,8 @@ import itertools
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +37,10 @@ from bzi_broadcast.render import Renderer, ThreadLimits
 from bzi_broadcast.testing.smtp import SmtpCapture
 
 from .conftest import EXAMPLE, MASTODON_MOCK_TOKEN, TEST_SECRET_KEY
+from .pictures import png
 from .test_delivery import wait_until
 
 ALT = "Podium der 1. Regionalkonferenz des Themenforums „Integration vor Ort“ in Potsdam"
-
-
-def png(width: int = 4, height: int = 3) -> bytes:
-    """A small valid PNG (greyscale), built by hand so the test needs no imaging library."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    rows = b"".join(b"\x00" + bytes([128] * width) for _ in range(height))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 def free_port() -> int:
@@ -106,7 +88,7 @@ async def test_serve_posts_the_example_to_mastodon_mock_as_one_chain_with_alt_te
     site, elsewhere = tmp_path / "announcements", tmp_path / "service"
     site.mkdir()
     elsewhere.mkdir()
-    (site / "podium.png").write_bytes(png())
+    (site / "podium.png").write_bytes(png(4, 3))
     text = EXAMPLE.read_text("utf-8")
     assert "\nimage:" not in text  # the example itself has none (see the module docstring)
     announcement_file = site / "weltoffene-kommunen.yaml"

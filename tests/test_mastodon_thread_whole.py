@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-from aiohttp.test_utils import TestServer
 from mastodon import Mastodon
 from pydantic import SecretStr
 from sqlalchemy import insert, select, update
@@ -57,15 +56,6 @@ def five_parts() -> Announcement:
     blocks = [{"type": "text", "text": f"Absatz {i}: {paragraph}"} for i in range(5)]
     data = {"title": "Fünf Teile", "blocks": blocks}
     return parse_announcement(json.dumps(data), fmt="json")
-
-
-@pytest.fixture
-async def mastodon_api() -> AsyncIterator[tuple[MastodonServer, str]]:
-    api = MastodonServer(token="secret", processing_seconds=0.05)
-    http = TestServer(api.app(), host="127.0.0.1")
-    await http.start_server()
-    yield api, f"http://127.0.0.1:{http.port}"
-    await http.close()
 
 
 def posts_to_statuses(api: MastodonServer) -> list[dict[str, Any]]:

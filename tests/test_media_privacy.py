@@ -5,8 +5,6 @@ private until an announcement that uses them is released; staff see them at ``/a
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,20 +30,11 @@ from bzi_broadcast.store.schema import media as media_table
 from bzi_broadcast.testing.smtp import SmtpCapture
 
 from .conftest import EXAMPLE
+from .pictures import png
 from .test_admin import PASSWORD, client, login
 from .test_delivery import serving, settings_for, wait_until
 
 PUBLIC_URL = "http://127.0.0.1:8080"  # the settings' default public address
-
-
-def png(width: int = 3, height: int = 2, shade: int = 0x40) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    rows = b"".join(b"\x00" + bytes([shade, 0x20, 0x30]) * width for _row in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import asyncio
 import json
 import shutil
 import ssl
-import struct
 import subprocess
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -43,23 +41,14 @@ from bzi_broadcast.testing.smtp import SmtpCapture
 from bzi_broadcast.web.media_pages import REMOTE_IMAGES
 
 from .conftest import EXAMPLE, require_or_skip
+from .pictures import png
 from .test_delivery import serving, settings_for
 
 PUBLIC_URL = "http://127.0.0.1:8080"
 LOCAL = IPv4Address("127.0.0.1")
 
 
-def png(width: int = 5, height: int = 4) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    rows = b"".join(b"\x00" + b"\x10\x20\x30" * width for _row in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-
-
-IMAGE = png()
+IMAGE = png(5, 4)
 
 
 @pytest.fixture(scope="module")
