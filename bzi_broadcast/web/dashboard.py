@@ -27,10 +27,11 @@ from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.delivery.progress import CHANNELS, ChannelProgress, Timeline
 from bzi_broadcast.i18n import N_, ngettext
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.staff import workflow
+from bzi_broadcast.staff import threads, workflow
 from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.staff.permissions import Action, may, staff_role
-from bzi_broadcast.staff.workflow import NotAllowed, Removal, StatusRemover, audit, status_label
+from bzi_broadcast.staff.threads import Removal, StatusRemover
+from bzi_broadcast.staff.workflow import NotAllowed, audit, status_label
 from bzi_broadcast.store.announcements import TransitionError, utcnow
 from bzi_broadcast.store.parts import Parts, Thread
 from bzi_broadcast.store.schema import announcements
@@ -185,7 +186,7 @@ async def _publish_rest(request: web.Request) -> web.Response:
     engine = context_of(request).engine
     delivery_id = _delivery_id(form)
     try:
-        await workflow.publish_rest(
+        await threads.publish_rest(
             engine, announcement_id, delivery_id, user, ip=client_ip(request)
         )
     except NotAllowed as exc:
@@ -201,7 +202,7 @@ async def _delete_published(request: web.Request) -> web.Response:
     user, announcement_id, form = await _action(request)
     engine = context_of(request).engine
     try:
-        removal = await workflow.delete_published(
+        removal = await threads.delete_published(
             engine,
             announcement_id,
             _delivery_id(form),
