@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -79,15 +80,7 @@ async def test_thread_is_posted_in_order_with_the_instance_limit(
     )
     assert [s["text"] for s in thread] == [p.text for p in expected]
     assert all(thread[i]["in_reply_to_id"] == thread[i - 1]["id"] for i in range(1, len(thread)))
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(deliveries).where(
-                    deliveries.c.announcement_id == announcement_id,
-                    deliveries.c.channel == "mastodon",
-                )
-            )
-        ).one()
+    row = await mastodon_row(engine, announcement_id)
     assert row.status == "sent"
     assert row.remote_id == thread[0]["url"]
 
@@ -171,15 +164,7 @@ async def test_an_instance_with_an_unusable_limit_fails_the_row_with_a_clear_mes
     api, url = mastodon_api
     api.max_characters = 20  # fewer than a numbered post needs
     announcement_id, _service = await run_announcement(engine, database_url, url)
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(deliveries).where(
-                    deliveries.c.announcement_id == announcement_id,
-                    deliveries.c.channel == "mastodon",
-                )
-            )
-        ).one()
+    row = await mastodon_row(engine, announcement_id)
     assert row.status == "failed"
     assert "unbrauchbare Grenzen" in row.last_error
     assert "max_characters" in row.last_error
@@ -236,8 +221,15 @@ async def test_an_address_outside_the_media_store_is_refused_not_fetched(
         await web_server.close()
     assert seen == []
     assert api.thread() == []
+    row = await mastodon_row(engine, announcement_id)
+    assert row.status == "failed"
+    assert "nicht in der Medienablage" in row.last_error
+
+
+async def mastodon_row(engine: AsyncEngine, announcement_id: int) -> Any:
+    """The announcement's one Mastodon delivery row."""
     async with engine.connect() as conn:
-        row = (
+        return (
             await conn.execute(
                 select(deliveries).where(
                     deliveries.c.announcement_id == announcement_id,
@@ -245,5 +237,3 @@ async def test_an_address_outside_the_media_store_is_refused_not_fetched(
                 )
             )
         ).one()
-    assert row.status == "failed"
-    assert "nicht in der Medienablage" in row.last_error
