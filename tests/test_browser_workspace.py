@@ -239,7 +239,9 @@ async def test_write_preview_approve_schedule_deliver_and_retry(
         await link.get_attribute("href") for link in await publisher.locator("main a").all()
     ]
     await shot(publisher, "5-versand-fehler")
-    await publisher.get_by_role("button", name="Fehlgeschlagene erneut senden").click()
+    # the button posts a form: wait for that navigation, or the reload below races it
+    async with publisher.expect_navigation():
+        await publisher.get_by_role("button", name="Fehlgeschlagene erneut senden").click()
 
     async def all_mail_arrived() -> bool:
         return UNLUCKY in {r.recipient for r in stage.smtp.received}
