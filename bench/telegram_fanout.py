@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -158,6 +159,10 @@ def settings(url: str, smtp_port: int, telegram_port: int) -> Settings:
         update={
             "database": base.database.model_copy(update={"url": url}),
             "web": base.web.model_copy(update={"port": 0}),
+            # serve refuses to start without a signing key; a run needs one, not a stable one
+            "security": base.security.model_copy(
+                update={"secret_key": SecretStr(secrets.token_urlsafe(48))}
+            ),
             "smtp": base.smtp.model_copy(update={"port": smtp_port}),
             "delivery": base.delivery.model_copy(
                 update={"poll_interval": 0.1, "sweep_interval": 0.5}

@@ -1,6 +1,7 @@
 """``bzi-broadcast serve``: web server, scheduler, delivery workers and Telegram bot in one process.
 
-Start: connect, migrate, restore rate-limit state, start the scheduler and one worker per channel.
+Start: connect, migrate, start the scheduler and one worker per channel. The rate limits live in
+the database (``rate_slots``), shared by every replica and kept across restarts.
 A setting that keeps the service from starting (database, port) is a ``ConfigError`` naming it.
 Stop (SIGTERM/SIGINT): stop claiming; sends in flight get ``delivery.shutdown_grace_seconds`` to
 finish, then they are cut off and their rows go back to the queue; every outcome is written,
@@ -10,7 +11,6 @@ connections are closed, exit 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import gc
 import logging
@@ -33,11 +33,11 @@ from bzi_broadcast.channels.email import EmailChannel, EmailSettings
 from bzi_broadcast.channels.email_mime import Sender
 from bzi_broadcast.channels.mastodon import MastodonBudgets, MastodonChannel
 from bzi_broadcast.channels.smtp import SmtpServer
-from bzi_broadcast.channels.telegram import TelegramChannel, TelegramLimits
+from bzi_broadcast.channels.telegram import Pacer, TelegramChannel, TelegramLimits
 from bzi_broadcast.config import Settings, mask_url
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.outbox import Claimed, Outbox
-from bzi_broadcast.delivery.ratelimit import RateLimit, TokenBucket, load_bucket, save_bucket
+from bzi_broadcast.delivery.ratelimit import Limiter, RateLimit, SlotStore
 from bzi_broadcast.delivery.release import (
     FanOut,
     continue_fan_out,
@@ -57,6 +57,7 @@ from bzi_broadcast.staff.media import MediaLibrary
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import StoreError, create_engine, migrate
 from bzi_broadcast.store.parts import Parts
+from bzi_broadcast.store.rate_slots import DatabaseSlots
 from bzi_broadcast.subscribers import gdpr
 from bzi_broadcast.subscribers.bot import subscriber_bot
 from bzi_broadcast.subscribers.store import set_telegram_chat, suppress
@@ -81,7 +82,8 @@ def worker_settings(settings: Settings) -> WorkerSettings:
     )
 
 
-def email_channel(settings: Settings, renderer: Renderer) -> EmailChannel:
+def email_channel(settings: Settings, renderer: Renderer, slots: SlotStore) -> EmailChannel:
+    """The server's rate and daily cap are kept in ``slots``: by every replica together."""
     s, e = settings.smtp, settings.email
     server = SmtpServer(
         host=s.host,
@@ -99,11 +101,13 @@ def email_channel(settings: Settings, renderer: Renderer) -> EmailChannel:
         list_id=e.list_id,
         unsubscribe_mailto=e.unsubscribe_mailto,
     )
-    bucket = TokenBucket(
+    limiter = Limiter(
+        slots,
         f"smtp:{s.host}:{s.port}",
         RateLimit(per_second=s.rate_per_second, burst=s.burst, daily_cap=s.daily_cap),
+        name="smtp",
     )
-    return EmailChannel(server, email, renderer, signer(settings), bucket)
+    return EmailChannel(server, email, renderer, signer(settings), limiter)
 
 
 PURGE_INTERVAL = 3600.0  # seconds between deletions of unconfirmed sign-ups
@@ -113,7 +117,8 @@ TELEGRAM_CONCURRENCY = 16  # at Telegram's ~0.1 s per call, 16 in flight carry 1
 def telegram_channel(
     settings: Settings, renderer: Renderer, engine: AsyncEngine | None = None
 ) -> TelegramChannel:
-    """With ``engine``, images at our own ``/medien/`` addresses are sent from the store."""
+    """With ``engine``, images at our own ``/medien/`` addresses are sent from the store, and
+    the limits are kept in the database: by every replica together (per bot)."""
     t = settings.telegram
     if t.token is None:
         raise ConfigError(_("telegram.token fehlt (oder BZI_TELEGRAM_TOKEN_FILE)"))
@@ -133,7 +138,12 @@ def telegram_channel(
         per_group_per_minute=t.per_group_per_minute,
     )
     images = MediaLibrary(engine, settings.email.public_url) if engine is not None else None
-    return TelegramChannel(bot, renderer, limits, concurrency=TELEGRAM_CONCURRENCY, media=images)
+    bot_id = t.token.get_secret_value().partition(":")[0]  # the limits are the bot's
+    slots = DatabaseSlots(engine) if engine is not None else None
+    pacer = Pacer(limits, slots=slots, key=f"telegram:{bot_id}")
+    return TelegramChannel(
+        bot, renderer, limits, concurrency=TELEGRAM_CONCURRENCY, media=images, pacer=pacer
+    )
 
 
 def mastodon_channel(
@@ -204,7 +214,7 @@ class Service:
         lease = timedelta(seconds=settings.delivery.lease_seconds)
         self.outbox = Outbox(self.engine, worker_id=self.worker_id, lease=lease)
         self.renderer = Renderer(settings)
-        self.email = email_channel(settings, self.renderer)
+        self.email = email_channel(settings, self.renderer, DatabaseSlots(self.engine))
         channels: list[Channel] = [self.email]
         self.fan_outs: dict[str, FanOut] = {"email": email_fan_out}
         if settings.mastodon.enabled:
@@ -297,7 +307,6 @@ class Service:
             elif not worker.paused and worker.channel.name in paused:
                 worker.paused = True  # paused by another process or `bzi-broadcast` elsewhere
                 worker.pause_recorded_at = read_at
-        await save_bucket(self.engine, self.email.bucket)
         subscriptions = self.web.get(SUBSCRIPTIONS)
         if subscriptions is not None:  # imported people get their confirmation link
             await subscriptions.send_pending_confirmations()
@@ -355,7 +364,6 @@ class Service:
             raise BroadcastError(
                 _("E-Mail-Versand nicht möglich: {reason}").format(reason=exc.message)
             ) from None
-        await load_bucket(self.engine, self.email.bucket)
         marked = await gdpr.mark_suppressed(self.engine, self.settings.security.signing_key())
         if marked:
             log.warning("suppressed addresses marked at start count=%s", marked)
@@ -386,8 +394,6 @@ class Service:
                 task.cancel()  # its chunk transaction rolls back; the next start resumes it
             await asyncio.gather(*self._fan_outs.values(), return_exceptions=True)
             await self._stop_workers(tasks)
-            with contextlib.suppress(Exception):
-                await save_bucket(self.engine, self.email.bucket)
             for worker in self.workers:
                 await worker.channel.aclose()
             await self.engine.dispose()

@@ -15,7 +15,7 @@ from bzi_broadcast.channels.email_mime import DkimKey, MessageTemplate, Sender, 
 from bzi_broadcast.channels.images import read_local_image
 from bzi_broadcast.channels.smtp import SmtpPool, SmtpServer
 from bzi_broadcast.delivery.outbox import Claimed
-from bzi_broadcast.delivery.ratelimit import TokenBucket
+from bzi_broadcast.delivery.ratelimit import Limiter, sleep_until
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import AnnouncementRecord
 from bzi_broadcast.tokens import TokenSigner, link_subject
@@ -43,14 +43,14 @@ class EmailChannel:
         settings: EmailSettings,
         renderer: Renderer,
         signer: TokenSigner,
-        bucket: TokenBucket,
+        limiter: Limiter,
     ) -> None:
         self.concurrency = server.pool_size
         self._pool = SmtpPool(server)
         self._settings = settings
         self._renderer = renderer
         self._signer = signer
-        self.bucket = bucket
+        self.limiter = limiter  # the server's rate and daily cap, shared by every replica
         domain = settings.sender.address.rpartition("@")[2] or "localhost"
         self._message_id_domain = domain
 
@@ -80,7 +80,7 @@ class EmailChannel:
         )
         if self._settings.dkim:
             message = sign_dkim(message, self._settings.dkim)
-        await self.bucket.acquire()
+        await sleep_until(await self.limiter.when())
         reply = await self._pool.send(self._settings.sender.address, delivery.recipient, message)
         return Receipt(remote_id=reply[:200] or None)
 
@@ -100,7 +100,7 @@ class EmailChannel:
         data = message.as_bytes()
         if self._settings.dkim:
             data = sign_dkim(data, self._settings.dkim)
-        await self.bucket.acquire()
+        await sleep_until(await self.limiter.when())
         await self._pool.send(self._settings.sender.address, to, data)
 
     def _link(self, purpose: str, subject: str, ttl: timedelta) -> str:
@@ -118,6 +118,7 @@ class EmailChannel:
         await self._pool.check()
 
     async def aclose(self) -> None:
+        await self.limiter.aclose()
         await self._pool.aclose()
 
 

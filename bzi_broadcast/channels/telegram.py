@@ -1,8 +1,8 @@
 """The Telegram channel: one delivery row per chat, sent with python-telegram-bot's ``Bot``.
 
 The Bot API has no idempotency: a message whose answer was lost may arrive twice, so Telegram
-delivery is at least once. Limits are kept at the moment of sending, across all workers of the
-process: an overall rate, one message per second per chat and 20 per minute per group
+delivery is at least once. Limits are kept at the moment of sending, across all workers of all
+replicas (``Pacer``): an overall rate, one message per second per chat and 20 per minute per group
 (core.telegram.org/bots/faq "My bot is hitting limits"). A photo at our own ``/medien/``
 address is uploaded from the media store (it is private until released, and the bytes are here).
 """
@@ -30,6 +30,7 @@ from telegram.error import (
 from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.channels.images import OwnImages, read_local_image
 from bzi_broadcast.delivery.outbox import Claimed
+from bzi_broadcast.delivery.ratelimit import Limiter, Party, RateLimit, SlotStore, sleep_until
 from bzi_broadcast.errors import (
     ChannelAuthError,
     DeliveryError,
@@ -38,10 +39,10 @@ from bzi_broadcast.errors import (
     UnknownOutcomeError,
 )
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.metrics import record_wait
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.render.renditions import TelegramMessage, TelegramRendition
 from bzi_broadcast.store.announcements import AnnouncementRecord
+from bzi_broadcast.store.rate_slots import MemorySlots
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,62 +53,55 @@ class TelegramLimits:
 
 
 class Pacer:
-    """Admits a send when it keeps every limit, judged at the moment of sending.
-
-    Overall: sends evenly spaced at ``per_second`` (a late wake-up catches up by at most
-    ``catch_up`` sends, never in a burst), and at most ``per_second`` in any one-second window,
-    which is how Telegram counts. Per chat:
-    a minimum gap (one second for a private chat, three for a group at 20 per minute). It keeps
-    ``margin`` below each limit so that network jitter cannot make two sends look closer to
-    Telegram than they were sent. After a flood answer every send waits out its
-    ``retry_after``, as Telegram asks of the whole bot.
+    """Telegram's limits as asks to one shared limiter: every message takes a slot of the overall
+    rate, with its chat as the party (one message a second to a private chat, one every three
+    seconds to a group at 20 a minute). ``slots`` shared by the replicas (the database) make the
+    limits hold for all of them together; without, they hold in this process. It keeps ``margin``
+    below each limit so that network jitter cannot make two sends look closer to Telegram than
+    they were sent, and sends no more than the rate in any one second of this process, also when
+    a late wake-up bunches them. After a flood answer every send waits out its ``retry_after``, as
+    Telegram asks of the whole bot: here at once, in the other replicas from their next grant.
     """
 
-    def __init__(self, limits: TelegramLimits, margin: float = 0.97, catch_up: int = 1) -> None:
+    def __init__(
+        self,
+        limits: TelegramLimits,
+        margin: float = 0.97,
+        *,
+        slots: SlotStore | None = None,
+        key: str = "telegram",
+    ) -> None:
         self._per_second = max(1, int(limits.per_second * margin))
-        self._spacing = 1.0 / self._per_second  # a one-second window holds ``_per_second``
-        self._slack = catch_up * self._spacing
-        self._slot = 0.0  # when the last send was due on the even schedule
+        self._limiter = Limiter(
+            slots or MemorySlots(), key, RateLimit(per_second=self._per_second), name="telegram"
+        )
         self._chat_gap = 1.0 / (limits.per_chat_per_second * margin)
         self._group_gap = 60.0 / (limits.per_group_per_minute * margin)
         self._recent: deque[float] = deque()
-        self._next_chat: dict[int, float] = {}
-        self._hold_until = 0.0
-        self._lock = asyncio.Lock()
 
     def hold(self, seconds: float) -> None:
-        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+        self._limiter.hold(seconds)
 
     async def wait(self, chat_id: int) -> None:
-        started, slept = time.monotonic(), False
+        party = Party(key=f"chat:{chat_id}", gap=self._group_gap if chat_id < 0 else self._chat_gap)
         while True:
-            async with self._lock:
-                now = time.monotonic()
-                ready = self._ready(chat_id, now)
-                if now >= ready:
-                    self._admit(chat_id, now)
-                    if slept:
-                        record_wait("telegram", now - started)
-                    return
-            slept = True
-            await asyncio.sleep(ready - now)
+            await sleep_until(await self._limiter.when(party))
+            if time.monotonic() >= self._limiter.held_until:
+                break  # else a flood answer came while this send waited: a new slot after it
+        await self._within_one_second()
 
-    def _ready(self, chat_id: int, now: float) -> float:
-        recent = self._recent
-        while recent and recent[0] <= now - 1.0:
-            recent.popleft()
-        ready = max(self._next_chat.get(chat_id, 0.0), self._hold_until)
-        ready = max(ready, self._slot + self._spacing)
-        if len(recent) >= self._per_second:
-            ready = max(ready, recent[0] + 1.0)
-        return ready
+    async def _within_one_second(self) -> None:
+        while True:
+            now = time.monotonic()
+            while self._recent and self._recent[0] <= now - 1.0:
+                self._recent.popleft()
+            if len(self._recent) < self._per_second:
+                self._recent.append(now)
+                return
+            await asyncio.sleep(self._recent[0] + 1.0 - now)
 
-    def _admit(self, chat_id: int, now: float) -> None:
-        self._recent.append(now)
-        self._slot = max(self._slot + self._spacing, now - self._slack)
-        if len(self._next_chat) > 10_000:  # forget chats whose gap is over (a fan-out is long)
-            self._next_chat = {c: t for c, t in self._next_chat.items() if t > now}
-        self._next_chat[chat_id] = now + (self._group_gap if chat_id < 0 else self._chat_gap)
+    async def aclose(self) -> None:
+        await self._limiter.aclose()
 
 
 class TelegramChannel:
@@ -121,12 +115,14 @@ class TelegramChannel:
         concurrency: int = 32,
         image_root: Path | None = None,
         media: OwnImages | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
+        """``pacer`` shares the limits with other replicas; without, they hold in this process."""
         self.concurrency = concurrency
         self._own_images = media
         self._bot = bot
         self._renderer = renderer
-        self._pacer = Pacer(limits)
+        self._pacer = pacer or Pacer(limits)
         self._image_root = image_root or Path.cwd()
         self._file_ids: dict[str, str] = {}
         self._uploading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -215,6 +211,7 @@ class TelegramChannel:
         return InputFile(content, filename=Path(src).name)
 
     async def aclose(self) -> None:
+        await self._pacer.aclose()
         if self._started:
             await self._bot.shutdown()
 

@@ -1,124 +1,383 @@
-"""Rate limits enforced at the moment of sending: a token bucket, plus an optional daily cap.
+"""Rate limits that hold for every replica together: GCRA slots kept in one row per limit.
 
-The bucket's state is written to the database with each outcome batch and read back at start, so
-a restart neither forgets what was sent today nor starts with a full burst.
+GCRA ("virtual scheduling"): a limit of ``per_second`` is a row holding its theoretical arrival
+time ``tat`` — when the next evenly spaced send is due — on the store's clock. A grant locks the
+row, hands out the next ``n`` slots, ``max(tat, now) + i / per_second`` (less the burst's
+tolerance, never before now), and moves ``tat`` past them. Every process using the same row keeps
+the limit together; each maps the slots onto its own monotonic clock by the measured offset to the
+store's, so no two hosts' clocks are ever compared. Slots are granted in batches while a process
+still holds slots ahead, so the database sees a few round trips per second, not one per send;
+slots granted to a process that stops are lost, which only ever errs on the slow side.
+
+A daily cap is counted in the same row, per UTC day of the store's clock: a grant never goes past
+it, and asks beyond it get ``DailyCapReached`` with the time to midnight. A slot counts when it is
+granted, and asks are granted only for sends waiting now: the one slot that can go unused is a
+send cut off at shutdown, so the cap may fall short by the sends in flight at a stop, never over.
+
+A send may also need a *party* of its own (a Telegram chat: one message a second). The party's
+row is reserved in the grant's transaction, only when the party is free by the batch's first slot,
+until the batch's last slot plus the party's gap; a busy party's ask waits until it is free and
+asks again. Two replicas therefore never write to one chat within its gap.
+
+The contract is one call: ``Limiter.when(party)`` → the monotonic time at which the send may
+start. The channel waits for it (``sleep_until``); nothing here sends, and adapters never compute
+a rate. The rows live in a ``SlotStore`` (``store.rate_slots``: the database, SQLite or
+PostgreSQL with the same code, or this process's memory).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections import deque
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import SQLAlchemyError
 
 from bzi_broadcast.errors import TransientError
+from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.metrics import record_wait
-from bzi_broadcast.store.schema import rate_limits
+
+log = logging.getLogger(__name__)
+
+DAY = 86_400.0
+LEAD = 0.05  # ask for more slots this long before the last one held is due (a round trip or so)
+FORGET_EVERY = 60.0  # seconds between deletions of free parties' rows
 
 
 @dataclass(frozen=True, kw_only=True)
 class RateLimit:
     per_second: float
-    burst: int
+    burst: int = 1
     daily_cap: int | None = None
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.per_second
+
+    @property
+    def tolerance(self) -> float:
+        """How far a send may run ahead of the even schedule: room for ``burst`` at once."""
+        return (self.burst - 1) * self.interval
 
 
 class DailyCapReached(TransientError):
     """Das Tageslimit des Servers ist erreicht; es geht morgen weiter."""
 
 
-class TokenBucket:
-    def __init__(
-        self, key: str, limit: RateLimit, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.key = key
-        self.limit = limit
-        self._clock = clock
-        self._tokens = float(limit.burst)
-        self._updated = clock()
-        self._day = _today()
-        self.day_count = 0
-        self.waited = 0.0  # seconds spent waiting, for metrics
-        self._lock = asyncio.Lock()
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Party:
+    """A second limit one send must keep, such as one chat: its key and the gap after a send."""
 
-    async def acquire(self) -> None:
-        """Wait for a token; raise ``DailyCapReached`` when today's cap is used up."""
-        async with self._lock:
-            self._roll_day()
-            cap = self.limit.daily_cap
-            if cap is not None and self.day_count >= cap:
-                raise DailyCapReached(retry_after=_seconds_to_midnight())
-            self._refill()
-            if self._tokens < 1:
-                delay = (1 - self._tokens) / self.limit.per_second
-                self.waited += delay
-                record_wait(self.key.split(":")[0], delay)
-                await asyncio.sleep(delay)
-                self._refill()
-            self._tokens -= 1
-            self.day_count += 1
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(
-            float(self.limit.burst), self._tokens + (now - self._updated) * self.limit.per_second
-        )
-        self._updated = now
-
-    def _roll_day(self) -> None:
-        today = _today()
-        if today != self._day:
-            self._day, self.day_count = today, 0
-
-    def snapshot(self) -> dict[str, object]:
-        self._refill()
-        return {
-            "key": self.key,
-            "tokens": self._tokens,
-            "day": self._day,
-            "day_count": self.day_count,
-            "updated_at": datetime.now(UTC),
-        }
-
-    def restore(self, tokens: float, day: str, day_count: int, updated_at: datetime) -> None:
-        elapsed = max(0.0, (datetime.now(UTC) - updated_at).total_seconds())
-        self._tokens = min(float(self.limit.burst), tokens + elapsed * self.limit.per_second)
-        self._updated = self._clock()
-        if day == _today():
-            self._day, self.day_count = day, day_count
+    key: str
+    gap: float
 
 
-async def load_bucket(engine: AsyncEngine, bucket: TokenBucket) -> None:
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(select(rate_limits).where(rate_limits.c.key == bucket.key))
-        ).one_or_none()
-    if row is not None:
-        bucket.restore(row.tokens, row.day, row.day_count, row.updated_at)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlotState:
+    tat: float = 0.0  # theoretical arrival time: when the next evenly spaced send is due
+    day: int = 0  # the UTC day (days since 1970-01-01) that ``day_count`` counts
+    day_count: int = 0
 
 
-def _today() -> str:
-    return datetime.now(UTC).date().isoformat()
+@dataclass(frozen=True, slots=True)
+class Slot:
+    at: float  # the send may start then (store's clock)
 
 
-def _seconds_to_midnight() -> float:
-    now = datetime.now(UTC)
-    return 86400 - (now.hour * 3600 + now.minute * 60 + now.second)
+@dataclass(frozen=True, slots=True)
+class Busy:
+    until: float  # the ask's party is free from then on (store's clock); ask again then
 
 
-async def save_bucket(engine: AsyncEngine, bucket: TokenBucket) -> None:
-    values = bucket.snapshot()
-    insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(rate_limits).values(values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[rate_limits.c.key],
-        set_={k: statement.excluded[k] for k in ("tokens", "day", "day_count", "updated_at")},
+@dataclass(frozen=True, slots=True)
+class Capped:
+    """Today's cap is used up."""
+
+
+Answer = Slot | Busy | Capped
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Grant:
+    now: float  # the store's clock when the row was locked
+    read: tuple[float, float]  # this process's monotonic clock before and after that reading
+    answers: tuple[Answer, ...]  # one per ask, in the order asked
+    reserved_until: float  # the reserved parties are busy until then plus their gap
+    midnight: float  # when today's count ends
+
+
+class SlotRow(Protocol):
+    """One limit's row, locked for a grant: its state, the store's clock, and the writes."""
+
+    now: float
+    state: SlotState
+    read: tuple[float, float]  # monotonic times just before and after the store read ``now``
+
+    async def reserve(
+        self, parties: Sequence[Party], *, free_by: float, until: float
+    ) -> dict[str, float]:
+        """Reserve every party free by ``free_by`` until ``until`` plus its gap; answer the
+        others' free times, by party key."""
+
+    async def write(self, state: SlotState) -> None: ...
+
+    async def forget(self) -> None:
+        """Delete the rows of parties that are free (a missing row is a free party)."""
+
+
+class SlotStore(Protocol):
+    def locked(self, key: str) -> AbstractAsyncContextManager[SlotRow]:
+        """The row of ``key`` (created at first use), locked until the context ends."""
+
+
+async def take(
+    store: SlotStore, key: str, limit: RateLimit, asks: Sequence[Party | None], forget: bool = False
+) -> Grant:
+    """Grant slots to ``asks`` in order, in one transaction on the row of ``key``."""
+    async with store.locked(key) as row:
+        now, state = row.now, row.state
+        start, today = max(state.tat, now), int(now // DAY)
+        used = state.day_count if state.day == today else 0
+        cap = limit.daily_cap
+        room = len(asks) if cap is None else max(0, min(len(asks), cap - used))
+        until = start + room * limit.interval
+        parties = [p for p in asks[:room] if p is not None]
+        busy = await row.reserve(parties, free_by=start, until=until) if parties else {}
+        answers = _answers(asks, room, busy, start, now, limit)
+        granted = sum(isinstance(a, Slot) for a in answers)
+        if granted:
+            tat = start + granted * limit.interval
+            await row.write(SlotState(tat=tat, day=today, day_count=used + granted))
+        if forget:
+            await row.forget()
+    return Grant(
+        now=now,
+        read=row.read,
+        answers=answers,
+        reserved_until=until,
+        midnight=(today + 1) * DAY,
     )
-    async with engine.begin() as conn:
-        await conn.execute(statement)
+
+
+def _answers(
+    asks: Sequence[Party | None],
+    room: int,
+    busy: dict[str, float],
+    start: float,
+    now: float,
+    limit: RateLimit,
+) -> tuple[Answer, ...]:
+    answers: list[Answer] = []
+    granted = 0
+    for index, party in enumerate(asks):
+        if index >= room:
+            answers.append(Capped())
+        elif party is not None and party.key in busy:
+            answers.append(Busy(busy[party.key]))
+        else:
+            answers.append(Slot(max(now, start + granted * limit.interval - limit.tolerance)))
+            granted += 1
+    return tuple(answers)
+
+
+async def hold(store: SlotStore, key: str, seconds: float) -> None:
+    """No slot of ``key`` before ``seconds`` from now (the server asked everybody to wait)."""
+    async with store.locked(key) as row:
+        if row.now + seconds > row.state.tat:
+            await row.write(replace(row.state, tat=row.now + seconds))
+
+
+class ClockOffset:
+    """Local monotonic time = store time + offset. Each reading of the store's clock bounds the
+    offset to [asked − store's now, answered − store's now]; the intersection of the last minute's
+    bounds is the tightest (NTP's idea), so one slow round trip does not move a process's slots."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self._window = window
+        self._bounds: deque[tuple[float, float, float]] = deque()  # (received, low, high)
+
+    def update(self, asked: float, answered: float, store_now: float) -> float:
+        self._bounds.append((answered, asked - store_now, answered - store_now))
+        while self._bounds[0][0] < answered - self._window:
+            self._bounds.popleft()
+        low = max(b[1] for b in self._bounds)
+        high = min(b[2] for b in self._bounds)
+        if low > high:  # the clocks drifted apart or one was set: start over from this one
+            self._bounds = deque([self._bounds[-1]])
+            low, high = self._bounds[0][1], self._bounds[0][2]
+        return (low + high) / 2
+
+
+@dataclass(eq=False)
+class _Ask:
+    party: Party | None
+    future: asyncio.Future[float]
+    asked: float = field(default_factory=time.monotonic)
+
+
+class Limiter:
+    """Answers "when may I send?" for the limit ``key`` in ``store``, shared by every process
+    that uses the same store and key. Asks wait here while this process still holds slots
+    ahead (they would get slots behind those anyway) and are then granted together."""
+
+    def __init__(
+        self,
+        store: SlotStore,
+        key: str,
+        limit: RateLimit,
+        *,
+        name: str,
+        batch_seconds: float = 0.25,
+    ) -> None:
+        self.key, self.limit, self.name = key, limit, name  # name: the metrics' label
+        self._store = store
+        self._batch = max(1, math.ceil(limit.per_second * batch_seconds))
+        self._asks: list[_Ask] = []
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._offset = ClockOffset()
+        self._last_slot = 0.0  # the latest slot handed out here (monotonic)
+        self._busy: dict[str, float] = {}  # party → free from (monotonic), as far as known here
+        self.held_until = 0.0  # no send before then (monotonic): a flood answer came
+        self._capped_until = 0.0
+        self._next_forget = 0.0
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def when(self, party: Party | None = None) -> float:
+        """The monotonic time at which one send (to ``party``) may start; ``DailyCapReached``
+        when today's cap is used up."""
+        asked = time.monotonic()
+        if asked < self._capped_until:
+            raise DailyCapReached(retry_after=self._capped_until - asked)
+        ask = _Ask(party, asyncio.get_running_loop().create_future(), asked)
+        self._asks.append(ask)
+        self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._grant_loop())
+        at = await ask.future
+        if at > asked + 0.001:
+            record_wait(self.name, at - asked)
+        return at
+
+    def hold(self, seconds: float) -> None:
+        """No send for ``seconds``: in this process at once, in the others from their next
+        grant (the row's ``tat`` moves past the hold)."""
+        self.held_until = max(self.held_until, time.monotonic() + seconds)
+        task = asyncio.create_task(hold(self._store, self.key, seconds))
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("rate limit hold not stored limiter=%s error=%s", self.name, exc)
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ask in self._asks:
+            ask.future.cancel()
+
+    async def _grant_loop(self) -> None:
+        while True:
+            self._asks = [a for a in self._asks if not a.future.done()]
+            if not self._asks:
+                return
+            now = time.monotonic()
+            batch, due = self._next_batch(now)
+            if batch:
+                await self._grant(batch)
+                continue
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), max(0.001, due - now))
+
+    def _next_batch(self, now: float) -> tuple[list[_Ask], float]:
+        """The asks to grant now — or none, and when to look again: while this process holds
+        slots ahead, unless a whole batch waits; at most one ask per party."""
+        ready: list[_Ask] = []
+        parties: set[str] = set()
+        later = math.inf
+        for ask in self._asks:
+            key = ask.party.key if ask.party else None
+            free = max(self.held_until, self._busy.get(key, 0.0) if key else 0.0)
+            if free > now + LEAD:
+                later = min(later, free - LEAD)
+            elif key not in parties:
+                ready.append(ask)
+                if key:
+                    parties.add(key)
+                if len(ready) == self._batch:
+                    break
+        run_out = self._last_slot - LEAD
+        if ready and (len(ready) == self._batch or now >= run_out):
+            return ready, now
+        return [], min(later, run_out) if ready else later
+
+    async def _grant(self, batch: list[_Ask]) -> None:
+        forget = time.monotonic() >= self._next_forget
+        try:
+            grant = await take(
+                self._store, self.key, self.limit, [a.party for a in batch], forget=forget
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            self._fail(batch, exc)
+            return
+        if forget:
+            self._next_forget = grant.read[1] + FORGET_EVERY
+        offset = self._offset.update(*grant.read, grant.now)
+        for ask, answer in zip(batch, grant.answers, strict=True):
+            self._answer(ask, answer, grant, offset)
+        if len(self._busy) > 10_000:  # forget parties whose gap is over (a fan-out is long)
+            self._busy = {k: t for k, t in self._busy.items() if t > grant.read[1]}
+
+    def _answer(self, ask: _Ask, answer: Answer, grant: Grant, offset: float) -> None:
+        if isinstance(answer, Slot):
+            at = answer.at + offset
+            self._last_slot = max(self._last_slot, at)
+            if ask.party is not None:
+                self._busy[ask.party.key] = grant.reserved_until + ask.party.gap + offset
+            if not ask.future.done():  # an ask given up meanwhile: its slot goes unused
+                ask.future.set_result(at)
+        elif isinstance(answer, Busy):
+            if ask.party is not None:
+                self._busy[ask.party.key] = answer.until + offset  # asked again from then
+        else:
+            to_midnight = grant.midnight - grant.now
+            self._capped_until = grant.midnight + offset
+            if not ask.future.done():
+                ask.future.set_exception(DailyCapReached(retry_after=to_midnight))
+
+    def _fail(self, batch: list[_Ask], exc: Exception) -> None:
+        original = getattr(exc, "orig", None) or exc
+        reason = str(original).splitlines()[0] if str(original) else type(original).__name__
+        log.warning("rate limit grant failed limiter=%s error=%s", self.name, reason)
+        for ask in batch:
+            if not ask.future.done():
+                message = _("Datenbank nicht erreichbar: {reason}").format(reason=reason)
+                ask.future.set_exception(TransientError(message))
+
+
+async def sleep_until(at: float) -> None:
+    """Wait for the monotonic time ``at`` (a slot from ``Limiter.when``)."""
+    delay = at - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def __getattr__(name: str) -> Any:
+    """The superseded process-local token bucket, while tests/test_operations.py imports it."""
+    if name in ("TokenBucket", "load_bucket", "save_bucket"):
+        from bzi_broadcast.delivery import token_bucket
+
+        return getattr(token_bucket, name)
+    raise AttributeError(name)

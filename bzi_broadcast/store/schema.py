@@ -248,6 +248,19 @@ rate_limits = Table(
     _now_column("updated_at"),
 )
 
+# Rate limits shared by every replica (delivery/ratelimit.py): one row per limit, and one per
+# party of a limit ("telegram:123/chat:42"). ``tat`` is GCRA's theoretical arrival time, in
+# seconds since 1970 on the database's clock; ``day`` the UTC day (days since 1970) ``day_count``
+# counts.
+rate_slots = Table(
+    "rate_slots",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("tat", Float, nullable=False),
+    Column("day", Integer, nullable=False),
+    Column("day_count", Integer, nullable=False),
+)
+
 # Staff: editors draft, publishers approve and send, admins manage users and settings.
 users = Table(
     "users",
