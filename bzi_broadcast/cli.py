@@ -1,8 +1,14 @@
-"""The ``bzi-broadcast`` command line: a sub-command per task; errors as messages, no tracebacks."""
+"""The ``bzi-broadcast`` command line: a sub-command per task; errors as messages, no tracebacks.
+
+The parser imports no handler: each sub-command names its handler as ``module:function``, imported
+only when that command runs, so ``--version``, ``--help`` and a mistyped option answer at once and
+``status`` loads the database layer only (tests/test_cli_imports.py keeps it so).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -19,6 +25,18 @@ EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 Command = Callable[[argparse.Namespace], int]
+OPS = "bzi_broadcast.commands"
+
+
+def lazy(module: str, name: str) -> Command:
+    """The handler ``module.name``, imported when its command runs rather than when parsing."""
+
+    def handler(args: argparse.Namespace) -> int:
+        command: Command = getattr(importlib.import_module(module), name)
+        return command(args)
+
+    handler.__qualname__ = handler.__name__ = f"{module}.{name}"
+    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,25 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bzi_broadcast import commands as ops
-
-    def add(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument(
             "--database", metavar="URL", help=_("Datenbank-URL (sonst aus der Konfiguration)")
         )
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=lazy(OPS, handler))
         return sub
 
-    add("migrate", ops.run_migrate, _("wendet die Datenbank-Migrationen an"))
-    queue = add("queue", ops.run_queue, _("plant eine Ankündigung zum Versand ein"))
+    add("migrate", "run_migrate", _("wendet die Datenbank-Migrationen an"))
+    queue = add("queue", "run_queue", _("plant eine Ankündigung zum Versand ein"))
     queue.add_argument("file", type=Path, metavar="DATEI")
     when = queue.add_mutually_exclusive_group()
     when.add_argument(
         "--at", metavar="ISO8601", help=_("Sendezeitpunkt (sonst publish_at der Datei)")
     )
     when.add_argument("--now", action="store_true", help=_("sofort senden"))
-    status = add("status", ops.run_status, _("zeigt den Versandstand"))
+    status = add("status", "run_status", _("zeigt den Versandstand"))
     status.add_argument("id", type=int, nargs="?", metavar="ID")
     status.add_argument("--json", action="store_true", help=_("maschinenlesbar als JSON ausgeben"))
     status.add_argument(
@@ -62,15 +78,13 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help=_("nur einmal ausgeben, auch im Terminal (sonst live bis zum Ende)"),
     )
-    cancel = add("cancel", ops.run_cancel, _("bricht eine Ankündigung ab"))
+    cancel = add("cancel", "run_cancel", _("bricht eine Ankündigung ab"))
     cancel.add_argument("id", type=int, metavar="ID")
-    retry = add(
-        "retry-failed", ops.run_retry_failed, _("reiht fehlgeschlagene Zustellungen neu ein")
-    )
+    retry = add("retry-failed", "run_retry_failed", _("reiht fehlgeschlagene Zustellungen neu ein"))
     retry.add_argument("id", type=int, metavar="ID")
-    resume = add("resume", ops.run_resume, _("setzt einen pausierten Kanal fort"))
+    resume = add("resume", "run_resume", _("setzt einen pausierten Kanal fort"))
     resume.add_argument("channel", choices=("email", "mastodon", "telegram"))
-    serve = add("serve", ops.run_serve, _("startet Webserver, Planer, Zustellung und Telegram-Bot"))
+    serve = add("serve", "run_serve", _("startet Webserver, Planer, Zustellung und Telegram-Bot"))
     serve.add_argument(
         "--demo",
         action="store_true",
@@ -97,7 +111,7 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
             "Ordner 2025“): keine Bestätigungsmail; die Notiz kommt in den Nachweis"
         ),
     )
-    importer.set_defaults(handler=ops.run_import)
+    importer.set_defaults(handler=lazy(OPS, "run_import"))
     staff = commands.add_parser("users", help=_("verwaltet Konten der Mitarbeitenden"))
     staff_commands = staff.add_subparsers(dest="subcommand", required=True, metavar="BEFEHL")
     user_add = staff_commands.add_parser(
@@ -109,35 +123,33 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     user_add.add_argument("--role", choices=("editor", "publisher", "admin"), default="editor")
     user_add.add_argument("--language", choices=("de", "en"), default="de")
     user_add.add_argument("--database", metavar="URL")
-    user_add.set_defaults(handler=ops.run_user_add)
+    user_add.set_defaults(handler=lazy(OPS, "run_user_add"))
     user_token = staff_commands.add_parser(
         "token", help=_("legt einen Zugangsschlüssel für die REST-API an (einmal angezeigt)")
     )
     user_token.add_argument("email", metavar="E-MAIL")
     user_token.add_argument("--name", required=True, help=_("wofür der Schlüssel dient"))
     user_token.add_argument("--database", metavar="URL")
-    user_token.set_defaults(handler=ops.run_user_token)
+    user_token.set_defaults(handler=lazy(OPS, "run_user_token"))
     export = sub_commands.add_parser(
         "export", help=_("gibt alle Abonnent*innen als JSON-Zeilen aus (oder eine Person)")
     )
     export.add_argument("email", nargs="?", metavar="E-MAIL")
     export.add_argument("--database", metavar="URL")
-    export.set_defaults(handler=ops.run_export)
+    export.set_defaults(handler=lazy(OPS, "run_export"))
     proof = sub_commands.add_parser("proof", help=_("zeigt den Einwilligungsnachweis einer Person"))
     proof.add_argument("email", metavar="E-MAIL")
     proof.add_argument("--database", metavar="URL")
-    proof.set_defaults(handler=ops.run_proof)
+    proof.set_defaults(handler=lazy(OPS, "run_proof"))
     erase = sub_commands.add_parser(
         "erase", help=_("löscht eine Person (DSGVO); nur ein Schlüssel-Hash bleibt gesperrt")
     )
     erase.add_argument("email", metavar="E-MAIL")
     erase.add_argument("--database", metavar="URL")
-    erase.set_defaults(handler=ops.run_erase)
+    erase.set_defaults(handler=lazy(OPS, "run_erase"))
 
 
 def _add_preview(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bzi_broadcast.preview import run_preview
-
     preview = commands.add_parser(
         "preview", help=_("zeigt, wie eine Ankündigung in jedem Kanal aussieht")
     )
@@ -169,7 +181,7 @@ def _add_preview(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help=_("so viele Zeichen zählt Mastodon je Link (Standard: 23)"),
     )
-    preview.set_defaults(handler=run_preview)
+    preview.set_defaults(handler=lazy("bzi_broadcast.preview", "run_preview"))
 
 
 def _positive(value: str) -> int:

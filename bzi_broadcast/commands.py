@@ -1,39 +1,35 @@
 """The operational sub-commands: migrate, queue, status, cancel, retry-failed, resume, serve,
-subscribers import. Each opens the configured database, does one thing, and prints the result."""
+subscribers import. Each opens the configured database, does one thing, and prints the result.
+
+Only the settings and the database engine are imported with this module; every handler imports
+what else it needs itself, so ``status`` (run in loops by scripts and monitoring) loads no
+content, rendering, staff or web module (tests/test_cli_imports.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import getpass
 import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from bzi_broadcast import logs
-from bzi_broadcast.config import Settings, load_settings
-from bzi_broadcast.content import load_announcement
-from bzi_broadcast.content.model import localize
-from bzi_broadcast.delivery import control
-from bzi_broadcast.delivery.outbox import Counts, Outbox
+from bzi_broadcast.config import load_settings
 from bzi_broadcast.errors import BroadcastError
-from bzi_broadcast.files import FileRefused, read_capped
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
-from bzi_broadcast.staff import media, workflow
-from bzi_broadcast.staff.accounts import Role, add_user, create_api_token, user_by_email
-from bzi_broadcast.staff.permissions import Operator
-from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.store.engine import create_engine, migrate
-from bzi_broadcast.subscribers import gdpr
-from bzi_broadcast.subscribers.store import ImportOptions, ImportReport, import_lines, parse_csv
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from bzi_broadcast.config import Settings
+    from bzi_broadcast.delivery.outbox import Counts
+    from bzi_broadcast.staff.permissions import Operator
 
 T = TypeVar("T")
 ACTOR = "cli"
@@ -70,6 +66,11 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def run_queue(args: argparse.Namespace) -> int:
+    from bzi_broadcast.content import load_announcement
+    from bzi_broadcast.delivery import control
+    from bzi_broadcast.staff import media
+    from bzi_broadcast.store.announcements import Announcements
+
     announcement = load_announcement(args.file)
     at = _parse_time(args.at) if args.at else None
     if args.now:
@@ -91,6 +92,8 @@ def run_queue(args: argparse.Namespace) -> int:
 
 
 def _parse_time(value: str) -> datetime:
+    from bzi_broadcast.content.model import localize
+
     try:
         return localize(datetime.fromisoformat(value))
     except ValueError:
@@ -104,6 +107,8 @@ def _parse_time(value: str) -> datetime:
 def run_cancel(args: argparse.Namespace) -> int:
     """Through the workflow, as the operator: checked, audited, and waiting (at most one lease)
     for the sends in flight, so the numbers printed are the ones stored."""
+    from bzi_broadcast.staff import workflow
+
     lease = settings_of(args).delivery.lease_seconds
     report = with_engine(args, lambda e: workflow.cancel(e, args.id, _operator(), settle=lease))
     print(
@@ -113,6 +118,8 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_retry_failed(args: argparse.Namespace) -> int:
+    from bzi_broadcast.staff import workflow
+
     count = with_engine(args, lambda e: workflow.retry_failed(e, args.id, _operator()))
     print(
         ngettext(
@@ -126,6 +133,10 @@ def run_retry_failed(args: argparse.Namespace) -> int:
 
 def _operator() -> Operator:
     """Who runs the command line on the server, named in the audit log."""
+    import getpass
+
+    from bzi_broadcast.staff.permissions import Operator
+
     try:
         name = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (e.g. in a container)
@@ -134,12 +145,19 @@ def _operator() -> Operator:
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    from bzi_broadcast.delivery import control
+
     with_engine(args, lambda e: control.set_paused(e, args.channel, False, None))
     print(_("Kanal {channel} läuft wieder.").format(channel=args.channel))
     return 0
 
 
 def run_import(args: argparse.Namespace) -> int:
+    import csv
+
+    from bzi_broadcast.files import FileRefused
+    from bzi_broadcast.subscribers.store import ImportOptions, ImportReport, import_lines, parse_csv
+
     report = ImportReport()
     try:
         lines = list(parse_csv(_read_csv(Path(args.file)), report))
@@ -168,6 +186,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 def _read_csv(path: Path) -> str:
     """The file's text: a regular file of at most 8 MB (as the API takes), in UTF-8."""
+    from bzi_broadcast.files import FileRefused, read_capped
+
     raw = read_capped(path, CSV_MAX_BYTES)
     if len(raw) > CSV_MAX_BYTES:
         raise FileRefused(_("die Datei ist größer als 8 MB"))
@@ -180,6 +200,10 @@ def _read_csv(path: Path) -> str:
 
 def run_user_add(args: argparse.Namespace) -> int:
     """The password from the terminal (asked twice), or the first line of standard input."""
+    import getpass
+
+    from bzi_broadcast.staff.accounts import Role, add_user
+
     if sys.stdin.isatty():
         password = getpass.getpass(_("Passwort: "))
         if getpass.getpass(_("Passwort wiederholen: ")) != password:
@@ -205,6 +229,7 @@ def run_user_add(args: argparse.Namespace) -> int:
 
 def run_user_token(args: argparse.Namespace) -> int:
     """A bearer token for the REST API, printed once (only its hash is kept)."""
+    from bzi_broadcast.staff.accounts import create_api_token, user_by_email
 
     async def work(engine: AsyncEngine) -> str | None:
         user = await user_by_email(engine, args.email)
@@ -223,6 +248,7 @@ def run_user_token(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """One JSON object per line (all subscribers), or everything held about one person."""
+    from bzi_broadcast.subscribers import gdpr
 
     async def work(engine: AsyncEngine) -> int:
         if args.email:
@@ -240,6 +266,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_proof(args: argparse.Namespace) -> int:
+    from bzi_broadcast.subscribers import gdpr
+
     async def work(engine: AsyncEngine) -> int:
         data = await gdpr.export_subscriber(engine, args.email)
         if data is None:
@@ -268,6 +296,8 @@ def run_proof(args: argparse.Namespace) -> int:
 
 
 def run_erase(args: argparse.Namespace) -> int:
+    from bzi_broadcast.subscribers import gdpr
+
     key = settings_of(args, signing=True).security.signing_key()
     if not with_engine(args, lambda engine: gdpr.erase(engine, args.email, key)):
         return _unknown(args.email)
@@ -304,6 +334,12 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 async def _status(engine: AsyncEngine, announcement_id: int | None) -> list[dict[str, Any]]:
+    """Rows, counts and pauses only: these modules import no content model (nor anything else
+    `status` does not need)."""
+    from bzi_broadcast.delivery import control
+    from bzi_broadcast.delivery.outbox import Outbox
+    from bzi_broadcast.store.announcements import Announcements
+
     store = Announcements(engine)
     outbox = Outbox(engine, worker_id="status", lease=timedelta(0))
     records = [await store.get(announcement_id)] if announcement_id else await store.find()
@@ -400,6 +436,8 @@ def _duration(seconds: float) -> str:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from bzi_broadcast import logs
+
     settings = settings_of(args, signing=not args.demo)  # the demo makes its own key
     from bzi_broadcast.service import Service  # big (the web app): only once the settings hold
 

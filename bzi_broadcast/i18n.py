@@ -16,9 +16,6 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-
 LOCALES: Final = ("de", "en")
 DEFAULT_LOCALE: Final = "de"
 LOCALE_DIR: Final = Path(__file__).parent / "locale"
@@ -32,6 +29,10 @@ def translations(locale: str) -> _gettext.NullTranslations:
     po_path = LOCALE_DIR / locale / "LC_MESSAGES" / "messages.po"
     if locale == DEFAULT_LOCALE or not po_path.exists():
         return _gettext.NullTranslations()
+    # Babel only here: German (the default) needs no catalog, and the command line starts faster
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
     with po_path.open("rb") as po_file:
         catalog = read_po(po_file, locale=locale)
     buffer = io.BytesIO()

@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
 from bzi_broadcast.delivery.outbox import cancel_undelivered, requeue_failed
 from bzi_broadcast.errors import BroadcastError
@@ -27,6 +27,9 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
 from bzi_broadcast.store.announcements import Announcements, TransitionError, transition, utcnow
 from bzi_broadcast.store.schema import announcements, channel_state, deliveries
+
+if TYPE_CHECKING:  # annotations only: `status` imports this module without the content model
+    from bzi_broadcast.content.model import Announcement
 
 S = AnnouncementStatus
 D = DeliveryStatus

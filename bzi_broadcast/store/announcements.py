@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bzi_broadcast.content.model import Announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, sources_of
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.schema import announcement_events, announcement_topics, announcements
+
+if TYPE_CHECKING:
+    from bzi_broadcast.content.model import Announcement
 
 
 class NotFoundError(BroadcastError):
@@ -41,6 +43,9 @@ class AnnouncementRecord:
     created_at: datetime
 
     def announcement(self) -> Announcement:
+        # The content model (Markdown, YAML, pydantic) only when asked: `status` reads rows only.
+        from bzi_broadcast.content.model import Announcement
+
         return Announcement.model_validate(self.content)
 
 

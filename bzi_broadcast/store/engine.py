@@ -6,13 +6,10 @@ async drivers (aiosqlite, asyncpg). Driver and connection errors become ``StoreE
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -21,6 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 DEFAULT_URL = "sqlite:///data/bzi-broadcast.sqlite3"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -85,6 +85,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def alembic_config() -> Config:
+    # Alembic is imported where a migration runs: a database already at the head needs none of it
+    # (``migrate`` checks that first), so the command line answers without loading it.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -93,6 +97,8 @@ def alembic_config() -> Config:
 async def migrate(engine: AsyncEngine) -> None:
     """Apply every pending migration; safe to run at each start and from several processes."""
     try:
+        if await _at_head(engine):
+            return
         if engine.dialect.name == "sqlite":
             await _upgrade_sqlite(engine)
         else:
@@ -125,6 +131,8 @@ async def _upgrade_sqlite(engine: AsyncEngine) -> None:
 
 
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     if connection.dialect.name == "postgresql":
         # Two replicas starting at once: the second waits here, then finds nothing to do.
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7301001)")
@@ -135,12 +143,49 @@ def _upgrade(connection: Connection) -> None:
 
 async def is_current(engine: AsyncEngine) -> bool:
     """True when the database is at the newest migration (for readiness checks)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     async with engine.connect() as connection:
         current = await connection.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_heads()
         )
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     return set(current) == set(heads)
+
+
+async def _at_head(engine: AsyncEngine) -> bool:
+    """True when the database's recorded revisions are the migration files' heads: nothing to do.
+    A new database has no version table yet; the failed query only means "not at the head"."""
+    async with engine.connect() as connection:
+        try:
+            rows = await connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+        except DBAPIError:
+            return False
+        current = {row[0] for row in rows}
+    return current == head_revisions()
+
+
+_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+_QUOTED = re.compile(r"""["']([^"']+)["']""")
+
+
+def head_revisions() -> set[str]:
+    """The newest revisions, read from the migration files' ``revision`` and ``down_revision``
+    lines (as alembic's script template writes them) without importing alembic: a revision no
+    other one revises. tests/test_cli_imports.py holds this to alembic's own answer."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        revision = _REVISION.search(text)
+        if revision is None:
+            continue
+        revisions.update(_QUOTED.findall(revision.group(1)))
+        down = _DOWN_REVISION.search(text)
+        revised.update(_QUOTED.findall(down.group(1)) if down else ())
+    return revisions - revised
 
 
 def _reason(exc: BaseException) -> str:
