@@ -118,6 +118,9 @@ def reference_length(text: str, url_length: int, spoiler: str = "") -> int:
     url_length=st.integers(10, 40),
     spoiler=st.sampled_from(["", "CW", "Politik 🗳️"]),
 )
+# found by hypothesis: a mention longer than a post (counted in full) was kept whole and the
+# split gave up; it is cut like text now
+@example(text="@bob" + "x" * 300, limit=100, url_length=10, spoiler="")
 def test_every_mastodon_post_fits_and_nothing_is_lost(
     text: str, limit: int, url_length: int, spoiler: str
 ) -> None:

@@ -281,7 +281,10 @@ def _chunks(word: str, limit: int, weigh: _Weigher) -> list[tuple[str, int]]:
     for entity in weigh.entities(word):
         chunks.add_graphemes(graphemes(word[position : entity.start]))
         counted = grapheme_count(entity.counted_as(weigh.url_length))
-        chunks.add(word[entity.start : entity.end], counted)
+        if counted > limit:  # a mention longer than a post counts in full: cut like text
+            chunks.add_graphemes(graphemes(word[entity.start : entity.end]))
+        else:
+            chunks.add(word[entity.start : entity.end], counted)
         position = entity.end
     chunks.add_graphemes(graphemes(word[position:]))
     return chunks.done()
