@@ -281,7 +281,8 @@ def _chunks(word: str, limit: int, weigh: _Weigher) -> list[tuple[str, int]]:
     for entity in weigh.entities(word):
         chunks.add_graphemes(graphemes(word[position : entity.start]))
         counted = grapheme_count(entity.counted_as(weigh.url_length))
-        if counted > limit:  # a mention longer than a post counts in full: cut like text
+        if entity.mention is not None and counted > limit:  # a mention longer than a post:
+            # cut like text (a URL is never cut: the splitter refuses it instead)
             chunks.add_graphemes(graphemes(word[entity.start : entity.end]))
         else:
             chunks.add(word[entity.start : entity.end], counted)
