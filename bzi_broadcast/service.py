@@ -296,6 +296,7 @@ class Service:
         for announcement_id in await incomplete_fan_outs(self.engine):
             self._fan_out_in_background(announcement_id)  # after a crash or another replica's
         await control.expire_due(self.engine)
+        await control.stop_leftovers(self.engine)
         await self.outbox.requeue_expired_leases()
         read_at = time.monotonic()
         paused = await control.paused_channels(self.engine)

@@ -17,10 +17,12 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.config import Settings
 from bzi_broadcast.content import Announcement, parse_announcement
 from bzi_broadcast.delivery import control
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus as S
+from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.delivery.release import release
 from bzi_broadcast.service import Service
 from bzi_broadcast.staff import workflow
@@ -290,6 +292,93 @@ async def test_expired_lease_returns_rows_to_the_queue(engine: AsyncEngine) -> N
     later = datetime.now(UTC) + timedelta(seconds=2)
     assert await alive.requeue_expired_leases(later) == 3
     assert len(await alive.claim("email", 10, now=later)) == 3
+
+
+async def test_a_worker_outlives_a_database_outage(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Claims fail three times (the database restarts): the worker logs it once, keeps trying,
+    and claims again once the database answers; it never ends on its own."""
+    from sqlalchemy.exc import OperationalError
+
+    from bzi_broadcast.delivery.outbox import Outbox
+    from bzi_broadcast.delivery.worker import Worker, WorkerSettings
+    from bzi_broadcast.store.announcements import Announcements
+
+    class Flaky(Outbox):
+        calls = 0
+
+        async def claim(
+            self, channel: str, limit: int, now: datetime | None = None
+        ) -> list[Claimed]:
+            self.calls += 1
+            if self.calls <= 3:
+                raise OperationalError("SELECT", {}, ConnectionRefusedError("database restarting"))
+            return await super().claim(channel, limit, now)
+
+    outbox = Flaky(engine, worker_id="w", lease=timedelta(minutes=5))
+    caplog.set_level("INFO", logger="bzi_broadcast.delivery.worker")
+    worker = Worker(
+        _Unused(), outbox, Announcements(engine), settings=WorkerSettings(poll_interval=0.01)
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: _claimed_after_outage(outbox), timeout=10)
+        assert not running.done()
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["worker round failed channel=email"]
+    assert "worker recovered channel=email" in caplog.text
+
+
+async def _claimed_after_outage(outbox: object) -> bool:
+    return getattr(outbox, "calls", 0) >= 5
+
+
+class _Unused:
+    """A channel that is never asked to send (nothing is queued)."""
+
+    name = "email"
+    concurrency = 1
+
+    def prepare(self, record: object) -> object:
+        return record
+
+    async def send(self, prepared: object, delivery: Claimed) -> Receipt:
+        raise AssertionError("nothing is queued, so nothing is sent")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_the_sweep_stops_rows_requeued_after_a_cancel(engine: AsyncEngine) -> None:
+    """A send that failed for now after the cancel put its row back in the queue, where nothing
+    claims it (the announcement is not sending): the sweep's ``stop_leftovers`` cancels it."""
+    from bzi_broadcast.delivery.lifecycle import DeliveryStatus
+    from bzi_broadcast.delivery.outbox import Outbox, Outcome
+    from bzi_broadcast.store.announcements import Announcements
+
+    await add_subscribers(engine, 3)
+    announcement_id = await Announcements(engine).create(
+        example_announcement(), actor="t", status=S.SCHEDULED, publish_at=datetime.now(UTC)
+    )
+    await release(engine, announcement_id)
+    outbox = Outbox(engine, worker_id="w", lease=timedelta(minutes=5))
+    claimed = await outbox.claim("email", 10)
+    cancelled = await workflow.cancel(engine, announcement_id, Operator(name="t"), settle=0)
+    assert cancelled.in_flight == 3
+    now = datetime.now(UTC)
+    await outbox.record(
+        [
+            Outcome(id=c.id, status=DeliveryStatus.QUEUED, attempts=1, at=now, next_attempt_at=now)
+            for c in claimed
+        ]
+    )
+    assert set((await statuses(engine)).values()) == {"queued"}
+    assert await control.stop_leftovers(engine) == 3
+    assert set((await statuses(engine)).values()) == {"cancelled"}
 
 
 @pytest.fixture(scope="module")

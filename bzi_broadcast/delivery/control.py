@@ -7,6 +7,9 @@ A cancel is honest about the sends in flight: the queued deliveries stop at once
 a worker has claimed are its own until it either sends them (a server accepted them: they count
 as sent) or, seeing the announcement cancelled, hands them back (they are stopped). ``settle``
 waits for that, bounded, and reports what the database then holds.
+
+Every change here that touches many deliveries goes through ``outbox.change_in_order`` (locks by
+id, in batches; rows a worker holds are skipped, not waited for) and runs under ``retrying``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
-from bzi_broadcast.delivery.outbox import cancel_undelivered, requeue_failed
+from bzi_broadcast.delivery.outbox import change_in_batches, change_in_order, requeue_failed
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
 from bzi_broadcast.store.announcements import Announcements, TransitionError, transition, utcnow
+from bzi_broadcast.store.retrying import retrying
 from bzi_broadcast.store.schema import announcements, channel_state, deliveries
 
 if TYPE_CHECKING:  # annotations only: `status` imports this module without the content model
@@ -82,22 +86,34 @@ class Cancellation:
         return ", ".join(parts)
 
 
+_STOPPED = {"status": str(D.CANCELLED), "lease_until": None, "worker": None}
+
+
 async def stop_queued(conn: AsyncConnection, announcement_id: int) -> int:
     """Cancel the deliveries no worker holds: the queued ones, and those whose worker's lease ran
     out (it is gone: ``requeue_expired_leases`` would hand them to another). A claimed row is left
-    to its worker, which sends it or, seeing the announcement cancelled, hands it back."""
-    query = (
-        update(deliveries)
-        .where(
-            deliveries.c.announcement_id == announcement_id,
-            or_(
-                deliveries.c.status == str(D.QUEUED),
-                and_(deliveries.c.status == str(D.SENDING), deliveries.c.lease_until < utcnow()),
-            ),
-        )
-        .values(status=str(D.CANCELLED), lease_until=None, worker=None)
+    to its worker, which sends it or, seeing the announcement cancelled, hands it back; a row
+    locked right now (being claimed, or its outcome being written) is skipped, not waited for:
+    ``settle`` comes back for it."""
+    unclaimed = and_(
+        deliveries.c.announcement_id == announcement_id,
+        or_(
+            deliveries.c.status == str(D.QUEUED),
+            and_(deliveries.c.status == str(D.SENDING), deliveries.c.lease_until < utcnow()),
+        ),
     )
-    return (await conn.execute(query)).rowcount
+    return await change_in_order(conn, unclaimed, _STOPPED, skip_locked=True)
+
+
+async def stop_leftovers(engine: AsyncEngine) -> int:
+    """Queued rows of announcements that are no longer sending (cancelled or expired): a worker
+    whose send failed transiently after the cancel put its row back in the queue, where nothing
+    will claim it. For the sweep; what a cancel's ``settle`` did not wait for ends here."""
+    over = select(announcements.c.id).where(
+        announcements.c.status.in_([str(S.CANCELLED), str(S.EXPIRED)])
+    )
+    leftover = and_(deliveries.c.status == str(D.QUEUED), deliveries.c.announcement_id.in_(over))
+    return await change_in_batches(engine, leftover, _STOPPED, skip_locked=True)
 
 
 async def settle(
@@ -105,14 +121,15 @@ async def settle(
 ) -> Cancellation:
     """Wait (at most ``timeout`` seconds) until no delivery of a cancelled announcement is in a
     worker's hands, stopping what is handed back; then the numbers as stored."""
+
+    async def stop(conn: AsyncConnection) -> int:
+        claimed = await _count(conn, announcement_id, D.SENDING)
+        await stop_queued(conn, announcement_id)
+        return claimed
+
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
-            while True:
-                async with engine.begin() as conn:
-                    claimed = await _count(conn, announcement_id, D.SENDING)
-                    await stop_queued(conn, announcement_id)
-                if not claimed:
-                    break
+            while await retrying(engine, stop):
                 await asyncio.sleep(interval)  # polling the database: the workers are elsewhere
     async with engine.connect() as conn:
         counts = await _counts(conn, announcement_id)
@@ -143,7 +160,8 @@ async def _counts(conn: AsyncConnection, announcement_id: int) -> dict[DeliveryS
 async def retry_failed(engine: AsyncEngine, announcement_id: int, *, actor: str) -> int:
     """Re-queue the failed rows of a finished or still-sending announcement."""
     now = utcnow()
-    async with engine.begin() as conn:
+
+    async def requeue(conn: AsyncConnection) -> int:
         status = (
             await conn.execute(
                 select(announcements.c.status).where(announcements.c.id == announcement_id)
@@ -159,26 +177,41 @@ async def retry_failed(engine: AsyncEngine, announcement_id: int, *, actor: str)
             )
         return await requeue_failed(conn, announcement_id, now)
 
+    return await retrying(engine, requeue)
+
 
 async def expire_due(engine: AsyncEngine, now: datetime | None = None) -> list[int]:
-    """Nothing is sent after ``expires_at``: expire scheduled and sending announcements."""
+    """Nothing is sent after ``expires_at``: expire scheduled and sending announcements, each in
+    its own transaction. Like a cancel, the queued rows stop at once and the claimed ones are
+    their worker's, which sees the announcement expired and hands them back unsent."""
     now = now or utcnow()
-    query = select(announcements.c.id).where(
-        announcements.c.status.in_([str(S.SCHEDULED), str(S.SENDING)]),
-        announcements.c.expires_at <= now,
+    query = (
+        select(announcements.c.id)
+        .where(
+            announcements.c.status.in_([str(S.SCHEDULED), str(S.SENDING)]),
+            announcements.c.expires_at <= now,
+        )
+        .order_by(announcements.c.id)
     )
-    expired = []
-    async with engine.begin() as conn:
-        for announcement_id in (await conn.execute(query)).scalars():
-            if await transition(conn, announcement_id, S.EXPIRED, actor="scheduler"):
-                await cancel_undelivered(conn, announcement_id)
-                expired.append(announcement_id)
-    return expired
+    async with engine.connect() as conn:
+        due = list((await conn.execute(query)).scalars())
+    return [announcement_id for announcement_id in due if await _expire(engine, announcement_id)]
+
+
+async def _expire(engine: AsyncEngine, announcement_id: int) -> bool:
+    async def expire(conn: AsyncConnection) -> bool:
+        if not await transition(conn, announcement_id, S.EXPIRED, actor="scheduler"):
+            return False  # sent, cancelled or expired by another replica meanwhile
+        await stop_queued(conn, announcement_id)
+        return True
+
+    return await retrying(engine, expire)
 
 
 async def set_paused(engine: AsyncEngine, channel: str, paused: bool, reason: str | None) -> None:
     now = utcnow()
-    async with engine.begin() as conn:
+
+    async def store(conn: AsyncConnection) -> None:
         changed = await conn.execute(
             update(channel_state)
             .where(and_(channel_state.c.channel == channel))
@@ -190,6 +223,8 @@ async def set_paused(engine: AsyncEngine, channel: str, paused: bool, reason: st
                     channel=channel, paused=paused, reason=reason, changed_at=now
                 )
             )
+
+    await retrying(engine, store)
 
 
 async def paused_channels(engine: AsyncEngine) -> dict[str, str | None]:

@@ -4,6 +4,13 @@ PostgreSQL workers claim with ``FOR UPDATE SKIP LOCKED``, so replicas never take
 SQLite runs one claiming worker per file (its writes are serialised anyway). A row claimed but
 not marked when its lease runs out goes back to the queue: a crash re-sends at most the rows that
 were in flight.
+
+Locks: every change of many rows takes their row locks in one order, by ascending id, a batch at a
+time (``change_in_order``), and outcomes are locked by id before they are written. Two such
+transactions can wait for each other but never in a circle, so PostgreSQL finds no deadlock to
+break. Bulk changes that meet rows a worker may hold skip them (``SKIP LOCKED``) instead of
+waiting: the worker hands them back itself. Each transaction runs under ``retrying``, the net for
+locks taken in another order elsewhere.
 """
 
 from __future__ import annotations
@@ -11,15 +18,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
 from bzi_broadcast.store.announcements import transition, utcnow
+from bzi_broadcast.store.retrying import retrying
 from bzi_broadcast.store.schema import announcements, deliveries, subscribers
 
 D = DeliveryStatus
+BATCH = 1000  # rows locked and changed per statement
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -106,15 +116,25 @@ class Outbox:
         return sorted((Claimed(**row._mapping) for row in rows), key=lambda c: c.id)
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Write a batch of outcomes in one transaction (executemany per kind)."""
+        """Write a batch of outcomes in one transaction (executemany per kind), sorted by id and,
+        on PostgreSQL, locked by id first: the kinds are written one after another, and without
+        the lock their rows would be taken out of order."""
         if not outcomes:
             return
-        async with self._engine.begin() as conn:
-            await _write_outcomes(conn, outcomes)
+        ordered = sorted(outcomes, key=lambda o: o.id)
+
+        async def write(conn: AsyncConnection) -> None:
+            if self._skip_locked:
+                await lock_in_order(conn, [o.id for o in ordered])
+            await _write_outcomes(conn, ordered)
+
+        await retrying(self._engine, write)
 
     async def requeue_expired_leases(self, now: datetime | None = None) -> int:
-        """Rows whose worker died mid-send go back to the queue (and will be sent again)."""
-        return await self._requeue(deliveries.c.lease_until < (now or utcnow()))
+        """Rows whose worker died mid-send go back to the queue (and will be sent again). A row
+        being written right now (a slow worker's outcome) is skipped: its worker is alive."""
+        expired = deliveries.c.lease_until < (now or utcnow())
+        return await self._requeue(expired, skip_locked=True)
 
     async def unclaim(self, ids: Sequence[int]) -> int:
         """Return claimed rows that were not attempted to the queue at once."""
@@ -137,22 +157,16 @@ class Outbox:
 
     async def drop(self, ids: Sequence[int]) -> int:
         """Claimed rows of a cancelled announcement, not attempted: cancelled, never sent."""
-        query = (
-            update(deliveries)
-            .where(deliveries.c.status == str(D.SENDING), deliveries.c.id.in_(list(ids)))
-            .values(status=str(D.CANCELLED), lease_until=None, worker=None)
-        )
-        async with self._engine.begin() as conn:
-            return (await conn.execute(query)).rowcount
+        which = and_(deliveries.c.status == str(D.SENDING), deliveries.c.id.in_(list(ids)))
+        values = {"status": str(D.CANCELLED), "lease_until": None, "worker": None}
+        return await change_in_batches(self._engine, which, values, skip_locked=False)
 
-    async def _requeue(self, which: ColumnElement[bool]) -> int:
-        query = (
-            update(deliveries)
-            .where(deliveries.c.status == str(D.SENDING), which)
-            .values(status=str(D.QUEUED), lease_until=None, worker=None)
-        )
-        async with self._engine.begin() as conn:
-            return (await conn.execute(query)).rowcount
+    async def _requeue(self, which: ColumnElement[bool], *, skip_locked: bool = False) -> int:
+        """Claimed rows back to the queue. Without ``skip_locked`` (a worker's own rows) it waits
+        for a row being written; those are few and nobody else keeps them locked for long."""
+        claimed = and_(deliveries.c.status == str(D.SENDING), which)
+        values = {"status": str(D.QUEUED), "lease_until": None, "worker": None}
+        return await change_in_batches(self._engine, claimed, values, skip_locked=skip_locked)
 
     async def finish_announcements(self) -> list[tuple[int, AnnouncementStatus]]:
         """Close every sending announcement that has nothing left to send."""
@@ -160,20 +174,27 @@ class Outbox:
             deliveries.c.announcement_id == announcements.c.id,
             deliveries.c.status.in_([str(D.QUEUED), str(D.SENDING)]),
         )
-        done = select(announcements.c.id).where(
-            announcements.c.status == str(AnnouncementStatus.SENDING),
-            announcements.c.fanout_cursor.is_(None),
-            ~open_rows.exists(),
+        done = (
+            select(announcements.c.id)
+            .where(
+                announcements.c.status == str(AnnouncementStatus.SENDING),
+                announcements.c.fanout_cursor.is_(None),
+                ~open_rows.exists(),
+            )
+            .order_by(announcements.c.id)  # every worker of every replica locks them in one order
         )
-        finished: list[tuple[int, AnnouncementStatus]] = []
-        async with self._engine.begin() as conn:
-            for announcement_id in (await conn.execute(done)).scalars():
+
+        async def finish(conn: AsyncConnection) -> list[tuple[int, AnnouncementStatus]]:
+            finished: list[tuple[int, AnnouncementStatus]] = []
+            for announcement_id in (await conn.execute(done)).scalars().all():
                 target = await _final_status(conn, announcement_id)
                 if await transition(
                     conn, announcement_id, target, actor="worker", finished_at=utcnow()
                 ):
                     finished.append((announcement_id, target))
-        return finished
+            return finished
+
+        return await retrying(self._engine, finish)
 
     async def counts(self, announcement_id: int) -> dict[str, Counts]:
         query = (
@@ -264,32 +285,94 @@ async def _write_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) ->
             await conn.execute(statement, params)
 
 
-async def cancel_undelivered(conn: AsyncConnection, announcement_id: int) -> int:
-    """Stop every row not yet accepted by a server.
-
-    In-flight rows are marked too: if their server accepts them after all, the sent mark (which
-    has no status condition) records the truth; a retry mark (which has) leaves them cancelled.
-    """
-    query = (
-        update(deliveries)
-        .where(
-            deliveries.c.announcement_id == announcement_id,
-            deliveries.c.status.in_([str(D.QUEUED), str(D.SENDING)]),
-        )
-        .values(status=str(D.CANCELLED))
-    )
-    return (await conn.execute(query)).rowcount
-
-
 async def requeue_failed(conn: AsyncConnection, announcement_id: int, now: datetime) -> int:
+    """The failed rows of the announcement back to the queue, as if never attempted."""
+    failed = and_(
+        deliveries.c.announcement_id == announcement_id, deliveries.c.status == str(D.FAILED)
+    )
+    values = {"status": str(D.QUEUED), "next_attempt_at": now, "attempts": 0, "last_error": None}
+    return await change_in_order(conn, failed, values, skip_locked=False)
+
+
+# --- many rows at once, locked in one order ------------------------------------------------------
+
+
+async def change_in_order(
+    conn: AsyncConnection,
+    which: ColumnElement[bool],
+    values: dict[str, Any],
+    *,
+    skip_locked: bool,
+    batch: int = BATCH,
+) -> int:
+    """Set ``values`` on every row matching ``which``, in this transaction: locked by ascending
+    id, ``batch`` rows per statement, each batch after the last one's ids (so the order holds
+    across batches too). With ``skip_locked``, rows another transaction holds are left alone."""
+    changed, after = 0, 0
+    while ids := await _change_batch(conn, which, values, skip_locked, after, batch):
+        changed, after = changed + len(ids), max(ids)
+    return changed
+
+
+async def change_in_batches(
+    engine: AsyncEngine,
+    which: ColumnElement[bool],
+    values: dict[str, Any],
+    *,
+    skip_locked: bool,
+    batch: int = BATCH,
+) -> int:
+    """Like ``change_in_order``, one transaction per batch: no lock is held longer than one
+    batch takes, and a deadlock (should one happen anyway) repeats only that batch."""
+    changed, after = 0, 0
+    while True:
+
+        async def one(conn: AsyncConnection, after: int = after) -> list[int]:
+            return await _change_batch(conn, which, values, skip_locked, after, batch)
+
+        ids = await retrying(engine, one)
+        if not ids:
+            return changed
+        changed, after = changed + len(ids), max(ids)
+
+
+async def _change_batch(
+    conn: AsyncConnection,
+    which: ColumnElement[bool],
+    values: dict[str, Any],
+    skip_locked: bool,
+    after: int,
+    batch: int,
+) -> list[int]:
+    """One statement: ``UPDATE … WHERE id IN (SELECT id … ORDER BY id LIMIT n FOR UPDATE)``.
+    PostgreSQL locks the rows as the ordered scan yields them and rechecks ``which`` on a row it
+    had to wait for; SQLite has one writer at a time and no row locks (nor ``FOR UPDATE``)."""
+    ids = (
+        select(deliveries.c.id)
+        .where(which, deliveries.c.id > after)
+        .order_by(deliveries.c.id)
+        .limit(batch)
+    )
+    if conn.dialect.name == "postgresql":
+        ids = ids.with_for_update(skip_locked=skip_locked, of=deliveries)
     query = (
         update(deliveries)
-        .where(
-            and_(
-                deliveries.c.announcement_id == announcement_id,
-                deliveries.c.status == str(D.FAILED),
-            )
-        )
-        .values(status=str(D.QUEUED), next_attempt_at=now, attempts=0, last_error=None)
+        .where(deliveries.c.id.in_(ids.scalar_subquery()))
+        .values(**values)
+        .returning(deliveries.c.id)
     )
-    return (await conn.execute(query)).rowcount
+    return list((await conn.execute(query)).scalars())
+
+
+async def lock_in_order(conn: AsyncConnection, ids: Sequence[int]) -> None:
+    """Lock the rows ``ids`` by ascending id (PostgreSQL), waiting for each in turn."""
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), BATCH):
+        chunk = ordered[start : start + BATCH]
+        query = (
+            select(deliveries.c.id)
+            .where(deliveries.c.id.in_(chunk))
+            .order_by(deliveries.c.id)
+            .with_for_update()
+        )
+        await conn.execute(query)

@@ -115,20 +115,22 @@ class Worker:
 
     async def run(self) -> None:
         flusher = asyncio.create_task(self._flush_periodically())
+        failing = False  # the database failed the last round: said once, not every round
         try:
             while not self._stopping.is_set():
-                # Every outcome is on disk before the next claim: a crash re-sends at most one
-                # window of rows (those claimed and handed to the server but not yet marked).
-                await self.flush()
-                batch = (
-                    []
-                    if self.paused
-                    else await self._outbox.claim(self.channel.name, self._settings.window)
-                )
-                if batch:
-                    await self._send_batch(batch)
+                try:
+                    await self._round()
+                except Exception:
+                    # The database is away (restart, failover, network): the worker waits and
+                    # tries again; what it claimed goes back by heartbeat or lease.
+                    if not failing:
+                        log.exception("worker round failed channel=%s", self.channel.name)
+                    failing = True
+                    await self._rest()
                 else:
-                    await self._idle()
+                    if failing:
+                        log.info("worker recovered channel=%s", self.channel.name)
+                    failing = False
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,9 +138,27 @@ class Worker:
             await self.flush()
             await self._outbox.release_mine(self.channel.name)
 
+    async def _round(self) -> None:
+        # Every outcome is on disk before the next claim: a crash re-sends at most one window of
+        # rows (those claimed and handed to the server but not yet marked).
+        await self.flush()
+        batch = (
+            []
+            if self.paused
+            else await self._outbox.claim(self.channel.name, self._settings.window)
+        )
+        if batch:
+            await self._send_batch(batch)
+        else:
+            await self._idle()
+
     async def _idle(self) -> None:
         await self.flush()
         await self._outbox.finish_announcements()
+        await self._rest()
+
+    async def _rest(self) -> None:
+        """Wait for a wake-up (a release, a resume, a stop) or one poll interval."""
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self._settings.poll_interval)
@@ -147,17 +167,31 @@ class Worker:
         slots = asyncio.Semaphore(self.channel.concurrency)
         skipped: list[int] = []
         dropped: list[int] = []
+        unchecked: list[int] = []
 
         async def one(item: Claimed) -> None:
             async with slots:
                 if self._stopping.is_set() or self.paused:
                     skipped.append(item.id)
-                elif not await self._still_sending(item.announcement_id):
-                    dropped.append(item.id)  # cancelled while claimed: a cancel waits for this
-                else:
+                    return
+                try:
+                    sending = await self._still_sending(item.announcement_id)
+                except Exception:  # not knowing whether it was cancelled, it is not sent
+                    unchecked.append(item.id)
+                    return
+                if sending:
                     await self._deliver(item)
+                else:
+                    dropped.append(item.id)  # cancelled while claimed: a cancel waits for this
 
         await asyncio.gather(*(one(item) for item in batch))
+        if unchecked:
+            log.warning(
+                "announcement check failed channel=%s handed_back=%s",
+                self.channel.name,
+                len(unchecked),
+            )
+            skipped += unchecked
         if skipped or dropped:  # hand the rest back now, not at lease end
             await self.flush()
             if skipped:
