@@ -13,7 +13,7 @@ from pathlib import Path
 from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.channels.email_mime import DkimKey, MessageTemplate, Sender, sign_dkim
 from bzi_broadcast.channels.images import read_local_image
-from bzi_broadcast.channels.smtp import SmtpPool, SmtpServer
+from bzi_broadcast.channels.smtp import PIPELINE_DEPTH, SmtpPool, SmtpServer
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.delivery.ratelimit import Limiter, sleep_until
 from bzi_broadcast.render import Renderer
@@ -45,7 +45,8 @@ class EmailChannel:
         signer: TokenSigner,
         limiter: Limiter,
     ) -> None:
-        self.concurrency = server.pool_size
+        # sends in flight: with PIPELINING each connection carries two (channels/smtp.py)
+        self.concurrency = server.pool_size * PIPELINE_DEPTH
         self._pool = SmtpPool(server)
         self._settings = settings
         self._renderer = renderer

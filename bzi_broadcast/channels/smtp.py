@@ -1,30 +1,37 @@
-"""A pool of reused SMTP connections (aiosmtplib), and SMTP errors translated into ours.
+"""A pool of reused SMTP connections, and SMTP errors translated into ours.
 
-One transaction is MAIL, RCPT, DATA on a pooled connection. Refusals before DATA and replies to
-DATA are definite (4xx transient, 5xx permanent); a connection lost or timed out *during* DATA
-leaves the outcome unknown, so the row is retried (at least once, never lost).
+aiosmtplib opens each connection (EHLO/HELO, STARTTLS or TLS, AUTH, timeouts); the mail
+transactions run on our own protocol (``smtp_wire``), pipelined when the server offers PIPELINING.
+Refusals before DATA and replies to DATA are definite (4xx transient, 5xx permanent); a connection
+lost or timed out *during* DATA leaves the outcome unknown, so the row is retried (at least once,
+never lost).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import normalize_message_line_endings
 
-from bzi_broadcast.errors import (
-    ChannelAuthError,
-    PermanentError,
-    TransientError,
-    UnknownOutcomeError,
-)
+from bzi_broadcast.channels.smtp_wire import Session
+from bzi_broadcast.errors import ChannelAuthError, TransientError
 
 Security = Literal["none", "starttls", "tls"]
-# Replies to RCPT that say the mailbox does not exist: a hard bounce, the address is suppressed.
-HARD_BOUNCE_CODES = frozenset({550, 551, 553})
+# With PIPELINING a connection carries two transactions at once: one waits for the reply to its
+# content while the next one's envelope is on its way (bench/RESULTS.md).
+PIPELINE_DEPTH = 2
+QUIT_TIMEOUT = 2.0
+# Addresses whose envelope form is plainly "<address>": parseaddr would give them back unchanged
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,104 +54,127 @@ class SmtpServer:
 
 
 class SmtpPool:
+    """Up to ``pool_size`` open connections; a send takes the least busy one."""
+
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
-        self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(server.pool_size)
+        self._sessions: list[Session] = []
+        self._opening = 0
+        self._slots = asyncio.Semaphore(server.pool_size * PIPELINE_DEPTH)
         self._closed = False
+        self._context: ssl.SSLContext | None = None
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
-        """Hand one message to the server; its reply to DATA is the receipt."""
+        """Hand one message to the server; its reply to the content is the receipt."""
+        envelope = envelope_address(sender), envelope_address(recipient)
+        content = data_bytes(message)
         async with self._slots:
-            connection = await self._checkout()
+            session = await self._checkout()
             try:
-                reply = await _transaction(connection, sender, recipient, message)
-            except (PermanentError, TransientError) as exc:
-                await self._checkin(connection, reusable=not isinstance(exc, UnknownOutcomeError))
-                raise
-            await self._checkin(connection, reusable=True)
-            return reply
+                return await session.transaction(*envelope, content)
+            finally:
+                session.in_flight -= 1
+                if self._closed and not session.in_flight:
+                    session.close()
 
-    async def _checkout(self) -> aiosmtplib.SMTP:
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.is_connected:
-                return connection
-        return await self._connect()
+    async def _checkout(self) -> Session:
+        """An idle connection, a new one while the pool has room, else the least busy one."""
+        self._sessions = [s for s in self._sessions if s.usable]
+        session = min(self._sessions, key=lambda s: s.in_flight, default=None)
+        if session is None or (
+            session.in_flight and len(self._sessions) + self._opening < self.server.pool_size
+        ):
+            self._opening += 1
+            try:
+                session = await self._connect()
+            finally:
+                self._opening -= 1
+            self._sessions.append(session)
+        session.in_flight += 1
+        return session
 
-    async def _checkin(self, connection: aiosmtplib.SMTP, *, reusable: bool) -> None:
-        if reusable and connection.is_connected and not self._closed:
-            self._idle.append(connection)
-            return
-        with contextlib.suppress(Exception):
-            connection.close()
-
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> Session:
         s = self.server
-        context = ssl.create_default_context()
-        if not s.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        connection = aiosmtplib.SMTP(
+        client = aiosmtplib.SMTP(
             hostname=s.host,
             port=s.port,
             timeout=s.timeout,
             use_tls=s.security == "tls",
             start_tls=s.security == "starttls",
-            tls_context=context,
+            tls_context=self._tls_context(),
         )
         try:
-            await connection.connect()
+            await client.connect()
             if s.username and s.password:
-                await connection.login(s.username, s.password)
+                await client.login(s.username, s.password)
+            await _greet(client)
         except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
             raise ChannelAuthError(f"SMTP {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
             raise TransientError(f"SMTP {s.host}:{s.port} nicht erreichbar: {exc}") from exc
-        return connection
+        # From here on the transport is ours: aiosmtplib's protocol is left behind.
+        transport = cast(asyncio.WriteTransport, client.transport)
+        return Session(
+            transport, pipelining=client.supports_extension("pipelining"), timeout=s.timeout
+        )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """One context for every connection, only when TLS is used: loading the system's
+        certificate authorities costs tens of milliseconds and a few MB each time."""
+        if self.server.security == "none":
+            return None
+        if self._context is None:
+            self._context = ssl.create_default_context()
+            if not self.server.verify_tls:
+                self._context.check_hostname = False
+                self._context.verify_mode = ssl.CERT_NONE
+        return self._context
 
     async def check(self) -> None:
         """Connect (and log in) once; raise ``TransientError`` or ``ChannelAuthError`` if not."""
-        connection = await self._connect()
-        await self._checkin(connection, reusable=True)
+        self._sessions.append(await self._connect())
 
     async def aclose(self) -> None:
         self._closed = True
-        idle, self._idle = self._idle, []
-        for connection in idle:  # a polite QUIT, but never let a stuck server hold up shutdown
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.quit(), 2)
-            connection.close()
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:  # busy ones close when their transaction ends
+            if not session.in_flight:
+                with contextlib.suppress(Exception):
+                    await session.quit(QUIT_TIMEOUT)
 
 
-async def _transaction(
-    connection: aiosmtplib.SMTP, sender: str, recipient: str, message: bytes
-) -> str:
-    try:
-        await connection.mail(sender)
-        await connection.rcpt(recipient)
-    except aiosmtplib.SMTPResponseException as exc:
-        with contextlib.suppress(aiosmtplib.SMTPException):
-            await connection.rset()
-        refused = isinstance(exc, aiosmtplib.SMTPRecipientRefused)
-        raise _by_code(exc, refused_recipient=refused) from exc
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        raise TransientError(f"SMTP-Verbindung verloren: {exc}") from exc
-    try:
-        response = await connection.data(message)
-    except aiosmtplib.SMTPResponseException as exc:
-        raise _by_code(exc, refused_recipient=False) from exc
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        raise UnknownOutcomeError(f"Verbindung während DATA verloren: {exc}") from exc
-    return response.message
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO if refused) unless connecting or logging in has done it, as aiosmtplib would
+    before its first MAIL: the extensions (PIPELINING) are known from here on."""
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not client.is_connected:
+                raise
+            await client.helo()
 
 
-def _by_code(
-    exc: aiosmtplib.SMTPResponseException, *, refused_recipient: bool
-) -> TransientError | PermanentError:
-    text = f"SMTP {exc.code} {exc.message}"[:500]
-    if 400 <= exc.code < 500:
-        return TransientError(text)
-    return PermanentError(
-        text, suppress_recipient=refused_recipient and exc.code in HARD_BOUNCE_CODES
-    )
+def envelope_address(address: str) -> bytes:
+    """``<address>`` for MAIL FROM / RCPT TO, exactly as aiosmtplib quotes it (ASCII, or
+    ``UnicodeEncodeError``); the common plain address without parsing it."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return b"<" + address.encode("ascii") + b">"
+    return quote_address(address).encode("ascii")
+
+
+def data_bytes(message: bytes) -> bytes:
+    """The message as aiosmtplib sends it after DATA: CRLF line endings, a final CRLF, lines
+    starting with "." doubled (RFC 5321 4.5.2), then the lone ".". Our messages already have
+    CRLF everywhere, so the regular expressions run only for others."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = normalize_message_line_endings(message)
+    elif not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    stuffed = message.replace(b"\n.", b"\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
