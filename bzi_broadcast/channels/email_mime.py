@@ -23,6 +23,7 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import SMTP
 from email.utils import format_datetime
 
+from bzi_broadcast.channels.smtp import data_bytes
 from bzi_broadcast.render.email import INLINE_IMAGE_CID
 from bzi_broadcast.render.renditions import (
     PREFERENCES_PLACEHOLDER,
@@ -36,6 +37,10 @@ _SLOTS = re.compile(
     f"({re.escape(UNSUBSCRIBE_PLACEHOLDER)}|{re.escape(PREFERENCES_PLACEHOLDER)})".encode()
 )
 _SAFE = frozenset(range(33, 127)) - {ord("=")}
+_PRINTABLE = re.compile(rb"[!-~]*")  # bytes 33..126: QP-safe but for "="
+_UNSAFE_URL = re.compile(rb"[\s<>\"]")
+_UNSUBSCRIBE = UNSUBSCRIBE_PLACEHOLDER.encode()
+_PREFERENCES = PREFERENCES_PLACEHOLDER.encode()
 DKIM_HEADERS = (
     b"from",
     b"to",
@@ -78,8 +83,14 @@ class MessageTemplate:
         message_id_domain: str,
     ) -> None:
         self._segments = segments  # even indices: fixed bytes; odd: a slot name
+        self._slots = tuple((i, segments[i]) for i in range(1, len(segments), 2))
         self._mailto = list_unsubscribe_mailto
         self._domain = message_id_domain.encode()
+        # The fixed parts as they go over the wire (dot-stuffed), when every line ends in CRLF
+        # (the generator writes CRLF; anything else takes the general way through data_bytes).
+        whole = b"".join(segments)
+        clean = whole.count(b"\n") == whole.count(b"\r\n") == whole.count(b"\r")
+        self._wire = tuple(_stuffed(s) for s in segments) if clean else None
 
     @classmethod
     def build(
@@ -121,21 +132,54 @@ class MessageTemplate:
         self, *, to: str, unsubscribe_url: str, preferences_url: str, message_id: str | None = None
     ) -> bytes:
         """The complete message for one recipient, CRLF line endings, ready for DATA."""
+        head, slots = self._recipient(to, unsubscribe_url, preferences_url, message_id)
+        parts = list(self._segments)
+        for index, name in self._slots:
+            parts[index] = slots[name]
+        return head + b"".join(parts)
+
+    def fill_data(
+        self, *, to: str, unsubscribe_url: str, preferences_url: str, message_id: str | None = None
+    ) -> bytes:
+        """``fill`` as SMTP sends it after DATA, ``data_bytes(fill(...))``, without scanning the
+        whole message for lines to dot-stuff: the fixed parts were stuffed once, per recipient
+        only the links are (the headers never start a line with a dot)."""
+        if self._wire is None:
+            return data_bytes(
+                self.fill(
+                    to=to,
+                    unsubscribe_url=unsubscribe_url,
+                    preferences_url=preferences_url,
+                    message_id=message_id,
+                )
+            )
+        head, slots = self._recipient(to, unsubscribe_url, preferences_url, message_id)
+        parts = [head, *self._wire]
+        for index, name in self._slots:
+            parts[index + 1] = _stuffed(slots[name])
+        last = head[-1:]
+        for i in range(1, len(parts)):  # a dot that starts a line where two parts meet
+            if parts[i][:1] == b"." and last == b"\n":
+                parts[i] = b"." + parts[i]
+            last = parts[i][-1:] or last
+        data = b"".join(parts)
+        return data + b".\r\n" if data.endswith(b"\r\n") else data + b"\r\n.\r\n"
+
+    def _recipient(
+        self, to: str, unsubscribe_url: str, preferences_url: str, message_id: str | None
+    ) -> tuple[bytes, dict[bytes, bytes]]:
+        """The recipient's headers and the QP-encoded links for the slots."""
         address = to.encode()
         if not _ADDRESS.match(address):
             raise ValueError(f"not a single plain address: {to!r}")
-        urls = {
-            UNSUBSCRIBE_PLACEHOLDER.encode(): _url(unsubscribe_url),
-            PREFERENCES_PLACEHOLDER.encode(): _url(preferences_url),
-        }
-        head = self._headers(address, urls[UNSUBSCRIBE_PLACEHOLDER.encode()], message_id)
-        slots = {name: _qp_slot(url) for name, url in urls.items()}
-        body = [slots[s] if i % 2 else s for i, s in enumerate(self._segments)]
-        return head + b"".join(body)
+        unsubscribe = _url(unsubscribe_url)
+        head = self._headers(address, unsubscribe, message_id)
+        slots = {_UNSUBSCRIBE: _qp_slot(unsubscribe), _PREFERENCES: _qp_slot(_url(preferences_url))}
+        return head, slots
 
     def _headers(self, to: bytes, unsubscribe: bytes, message_id: str | None) -> bytes:
         mid = (
-            message_id.encode()
+            _single_line(message_id, "message id").encode()
             if message_id
             else secrets.token_hex(12).encode() + b"@" + self._domain
         )
@@ -155,9 +199,15 @@ class MessageTemplate:
 
 def _url(url: str) -> bytes:
     encoded = url.encode("ascii", errors="strict") if url.isascii() else None
-    if encoded is None or re.search(rb"[\s<>\"]", encoded):
+    if encoded is None or _UNSAFE_URL.search(encoded):
         raise ValueError(f"not a safe URL: {url!r}")
     return encoded
+
+
+def _stuffed(data: bytes) -> bytes:
+    """Lines inside ``data`` that start with "." get a second one (RFC 5321 4.5.2); a dot at its
+    very start is the caller's (it depends on what comes before)."""
+    return data.replace(b"\n.", b"\n..")
 
 
 def _body(rendition: EmailRendition, image: bytes | None, image_type: str | None) -> MIMEMultipart:
@@ -229,16 +279,19 @@ def _protect_trailing_space(line: str) -> str:
 
 def _qp_slot(url: bytes) -> bytes:
     """A URL in QP, soft-wrapped; the slot's own line already ends in a soft break."""
-    encoded = "".join(_qp_tokens(url))
-    lines: list[str] = []
+    if _PRINTABLE.fullmatch(url):  # the usual link: only "=" needs escaping
+        encoded = url.replace(b"=", b"=3D")
+    else:
+        encoded = "".join(_qp_tokens(url)).encode()
+    lines: list[bytes] = []
     while len(encoded) > MAX_QP_LINE - 1:
         cut = MAX_QP_LINE - 1
-        while "=" in encoded[cut - 2 : cut]:  # never split an =XX escape
+        while b"=" in encoded[cut - 2 : cut]:  # never split an =XX escape
             cut -= 1
-        lines.append(encoded[:cut] + "=")
+        lines.append(encoded[:cut] + b"=")
         encoded = encoded[cut:]
     lines.append(encoded)
-    return "\r\n".join(lines).encode()
+    return b"\r\n".join(lines)
 
 
 def sign_dkim(message: bytes, key: DkimKey) -> bytes:

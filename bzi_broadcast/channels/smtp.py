@@ -66,8 +66,11 @@ class SmtpPool:
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
         """Hand one message to the server; its reply to the content is the receipt."""
+        return await self.send_data(sender, recipient, data_bytes(message))
+
+    async def send_data(self, sender: str, recipient: str, content: bytes) -> str:
+        """``send`` for a message already in its DATA form (``data_bytes``)."""
         envelope = envelope_address(sender), envelope_address(recipient)
-        content = data_bytes(message)
         async with self._slots:
             session = await self._checkout()
             try:
