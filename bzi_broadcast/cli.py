@@ -54,12 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def add(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, handler: str, help_text: str, module: str = OPS) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument(
             "--database", metavar="URL", help=_("Datenbank-URL (sonst aus der Konfiguration)")
         )
-        sub.set_defaults(handler=lazy(OPS, handler))
+        sub.set_defaults(handler=lazy(module, handler))
         return sub
 
     add("migrate", "run_migrate", _("wendet die Datenbank-Migrationen an"))
@@ -70,7 +70,7 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--at", metavar="ISO8601", help=_("Sendezeitpunkt (sonst publish_at der Datei)")
     )
     when.add_argument("--now", action="store_true", help=_("sofort senden"))
-    status = add("status", "run_status", _("zeigt den Versandstand"))
+    status = add("status", "run_status", _("zeigt den Versandstand"), "bzi_broadcast.status")
     status.add_argument("id", type=int, nargs="?", metavar="ID")
     status.add_argument("--json", action="store_true", help=_("maschinenlesbar als JSON ausgeben"))
     status.add_argument(

@@ -1,9 +1,10 @@
-"""The operational sub-commands: migrate, queue, status, cancel, retry-failed, resume, serve,
-subscribers import. Each opens the configured database, does one thing, and prints the result.
+"""The operational sub-commands: migrate, queue, cancel, retry-failed, resume, serve, subscribers
+and users (``status`` is in status.py). Each opens the configured database, does one thing, and
+prints the result.
 
-Only the settings and the database engine are imported with this module; every handler imports
-what else it needs itself, so ``status`` (run in loops by scripts and monitoring) loads no
-content, rendering, staff or web module (tests/test_cli_imports.py).
+Only the settings and the database engine are imported with this module (status.py builds on
+it); every handler imports what else it needs itself, so a command loads its own modules only
+(tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,13 +22,13 @@ from bzi_broadcast.config import load_settings
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
-from bzi_broadcast.store.engine import create_engine, migrate
+from bzi_broadcast.store.engine import create_engine, migrate, sqlite_at_head
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from bzi_broadcast.config import Settings
-    from bzi_broadcast.delivery.outbox import Counts
     from bzi_broadcast.staff.permissions import Operator
 
 T = TypeVar("T")
@@ -57,6 +57,26 @@ def with_engine(args: argparse.Namespace, work: Callable[[AsyncEngine], Awaitabl
             await engine.dispose()
 
     return asyncio.run(run())
+
+
+def read_database(args: argparse.Namespace, read: Callable[[Connection], T]) -> T:
+    """``read`` (synchronous SQL) on the configured database. A SQLite file at the newest
+    migration is read straight away (``sqlite_at_head``: no ORM or aiosqlite to import); anything
+    else the usual way, through ``with_engine`` (migrated first, errors reported as ever)."""
+    quick = sqlite_at_head(settings_of(args).database.url)
+    if quick is None:
+        return with_engine(args, lambda engine: read_async(engine, read))
+    try:
+        with quick.connect() as connection:
+            return read(connection)
+    finally:
+        quick.dispose()
+
+
+async def read_async(engine: AsyncEngine, read: Callable[[Connection], T]) -> T:
+    """``read`` on one of ``engine``'s connections (SQLAlchemy runs it in a greenlet)."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(read)
 
 
 def run_migrate(args: argparse.Namespace) -> int:
@@ -315,124 +335,6 @@ def _unknown(email: str) -> int:
         file=sys.stderr,
     )
     return 1
-
-
-def run_status(args: argparse.Namespace) -> int:
-    async def work(engine: AsyncEngine) -> list[dict[str, Any]]:
-        return await _status(engine, args.id)
-
-    if sys.stdout.isatty() and args.id is not None and not (args.json or args.once):
-        return _watch(args)
-    rows = with_engine(args, work)
-    if args.json:
-        json.dump(rows if args.id is None else rows[0], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for row in rows:
-            _print_status(row)
-    return 0
-
-
-async def _status(engine: AsyncEngine, announcement_id: int | None) -> list[dict[str, Any]]:
-    """Rows, counts and pauses only: these modules import no content model (nor anything else
-    `status` does not need)."""
-    from bzi_broadcast.delivery import control
-    from bzi_broadcast.delivery.outbox import Outbox
-    from bzi_broadcast.store.announcements import Announcements
-
-    store = Announcements(engine)
-    outbox = Outbox(engine, worker_id="status", lease=timedelta(0))
-    records = [await store.get(announcement_id)] if announcement_id else await store.find()
-    paused = await control.paused_channels(engine)
-    result = []
-    for record in records:
-        counts = await outbox.counts(record.id)
-        result.append(
-            {
-                "id": record.id,
-                "title": record.title,
-                "status": str(record.status),
-                "publish_at": record.publish_at.isoformat() if record.publish_at else None,
-                "channels": {
-                    name: {**_counts(c), "paused": name in paused, "pause_reason": paused.get(name)}
-                    for name, c in counts.items()
-                },
-            }
-        )
-    return result
-
-
-def _counts(counts: Counts) -> dict[str, int]:
-    return {
-        "queued": counts.queued,
-        "sending": counts.sending,
-        "sent": counts.sent,
-        "failed": counts.failed,
-        "cancelled": counts.cancelled,
-        "total": counts.total,
-    }
-
-
-def _print_status(row: dict[str, Any]) -> None:
-    print(
-        f"#{row['id']} {row['title']} — {row['status']}"
-        + (f" ({row['publish_at']})" if row["publish_at"] else "")
-    )
-    for name, c in row["channels"].items():
-        paused = (
-            " " + _("[pausiert: {reason}]").format(reason=c["pause_reason"]) if c["paused"] else ""
-        )
-        print(
-            "  "
-            + _(
-                "{channel}: {queued} wartend, {sending} in Arbeit, {sent} gesendet, "
-                "{failed} fehlgeschlagen"
-            ).format(channel=name, **c)
-            + paused
-        )
-
-
-def _watch(args: argparse.Namespace) -> int:
-    """A live progress bar with rate and ETA until the announcement finishes (Ctrl-C ends)."""
-
-    async def loop(engine: AsyncEngine) -> None:
-        start, first_sent = time.monotonic(), None
-        while True:
-            row = (await _status(engine, args.id))[0]
-            totals = list(row["channels"].values())
-            total = sum(c["total"] for c in totals)
-            done = sum(c["sent"] + c["failed"] + c["cancelled"] for c in totals)
-            first_sent = done if first_sent is None else first_sent
-            rate = (done - first_sent) / max(0.001, time.monotonic() - start)
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            sys.stdout.write(
-                "\r"
-                + _bar(done, total)
-                + _(" {rate:.0f}/s, noch {eta}").format(rate=rate, eta=_duration(eta))
-                + "   "
-            )
-            sys.stdout.flush()
-            if row["status"] not in ("scheduled", "sending"):
-                sys.stdout.write("\n")
-                _print_status(row)
-                return
-            await asyncio.sleep(1)
-
-    with_engine(args, loop)
-    return 0
-
-
-def _bar(done: int, total: int, width: int = 30) -> str:
-    share = done / total if total else 0.0
-    filled = int(share * width)
-    return f"[{'█' * filled}{'·' * (width - filled)}] {done}/{total} ({share:.0%})"
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "–"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}:{secs:02d} min"
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ HEAVY = frozenset(
 # migration tool when the database is at the head, no content model, no web or channel module.
 STATUS_FORBIDDEN = HEAVY - {"sqlalchemy", "pydantic", "aiosqlite", "asyncpg"}
 STATUS_FORBIDDEN_OWN = ("content", "render", "channels", "web", "staff", "subscribers", "service")
+# A SQLite file at the head is read synchronously with the standard library's driver: no ORM
+# (SQLAlchemy's asyncio extension imports it), no aiosqlite, no greenlet.
+SQLITE_STATUS_FORBIDDEN = ("sqlalchemy.orm", "sqlalchemy.ext.asyncio", "aiosqlite", "greenlet")
 
 # Runs the real command (``python -m bzi_broadcast …``) and writes the loaded modules at exit,
 # which also comes after argparse's SystemExit for --version and --help.
@@ -181,11 +185,13 @@ def expected_status(db: StatusDatabase) -> list[dict[str, object]]:
     ]
 
 
-def assert_database_layer_only(result: Watched) -> None:
+def assert_database_layer_only(result: Watched, url: str) -> None:
     assert result.loaded(STATUS_FORBIDDEN) == set()
     own = {name.split(".")[1] for name in result.modules if name.startswith("bzi_broadcast.")}
     assert own.isdisjoint(STATUS_FORBIDDEN_OWN), own
     assert "sqlalchemy" in result.loaded(HEAVY)  # it did read the database
+    if url.startswith("sqlite"):
+        assert result.modules.isdisjoint(SQLITE_STATUS_FORBIDDEN)
 
 
 async def test_status_json_reads_the_database_with_the_database_layer_only(
@@ -194,13 +200,13 @@ async def test_status_json_reads_the_database_with_the_database_layer_only(
     every = run_watched(tmp_path, "status", "--json", database_url=status_database.url)
     assert every.returncode == 0, every.stderr
     assert json.loads(every.stdout) == expected_status(status_database)
-    assert_database_layer_only(every)
+    assert_database_layer_only(every, status_database.url)
     one = run_watched(
         tmp_path, "status", str(status_database.draft), "--json", database_url=status_database.url
     )
     assert one.returncode == 0, one.stderr
     assert json.loads(one.stdout) == expected_status(status_database)[1]
-    assert_database_layer_only(one)
+    assert_database_layer_only(one, status_database.url)
 
 
 async def test_status_text_is_unchanged_and_as_light(
@@ -213,7 +219,47 @@ async def test_status_text_is_unchanged_and_as_light(
         "  email: 2 wartend, 1 in Arbeit, 0 gesendet, 0 fehlgeschlagen [pausiert: zu viele Fehler]",
         f"#{status_database.draft} Entwurf — draft",
     ]
-    assert_database_layer_only(result)
+    assert_database_layer_only(result, status_database.url)
+
+
+async def test_the_live_view_in_a_terminal_ends_with_a_finished_announcement(
+    status_database: StatusDatabase, tmp_path: Path
+) -> None:
+    """``status ID`` in a terminal shows a progress bar until the announcement is no longer
+    scheduled or sending; a draft is shown once, bar and status line, and the command ends."""
+    main, terminal = pty.openpty()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "bzi_broadcast", "status", str(status_database.draft)],
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "BZI_DATABASE_URL": status_database.url},
+            cwd=tmp_path,
+            timeout=120,
+        )
+        os.close(terminal)
+        screen = _read_all(main)
+    finally:
+        os.close(main)
+    assert process.returncode == 0, process.stderr
+    assert screen.replace("\r\n", "\n").split("\r")[-1].splitlines() == [
+        f"[{'·' * 30}] 0/0 (0%) 0/s, noch –   ",
+        f"#{status_database.draft} Entwurf — draft",
+    ]
+
+
+def _read_all(fd: int) -> str:
+    """Everything written to the terminal whose other end ``fd`` is (its writer has exited)."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the writing side is closed and all is read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8")
 
 
 async def test_status_of_a_new_database_still_migrates_it(tmp_path: Path) -> None:

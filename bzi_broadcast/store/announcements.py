@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, sources_of
 from bzi_broadcast.errors import BroadcastError
@@ -17,6 +16,8 @@ from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.schema import announcement_events, announcement_topics, announcements
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
     from bzi_broadcast.content.model import Announcement
 
 

@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import N_
@@ -21,6 +21,7 @@ from bzi_broadcast.i18n import gettext as _
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 DEFAULT_URL = "sqlite:///data/bzi-broadcast.sqlite3"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -59,6 +60,9 @@ def _mask(url: str) -> str:
 
 
 def create_engine(url: str = DEFAULT_URL, **options: Any) -> AsyncEngine:
+    # Imported here: it brings SQLAlchemy's ORM along, which `sqlite_at_head` readers never need.
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     target = async_url(url)
     parsed = make_url(target)
     if parsed.get_backend_name() == "sqlite":
@@ -155,15 +159,42 @@ async def is_current(engine: AsyncEngine) -> bool:
 
 
 async def _at_head(engine: AsyncEngine) -> bool:
+    async with engine.connect() as connection:
+        return await connection.run_sync(at_head)
+
+
+def at_head(connection: Connection) -> bool:
     """True when the database's recorded revisions are the migration files' heads: nothing to do.
     A new database has no version table yet; the failed query only means "not at the head"."""
-    async with engine.connect() as connection:
-        try:
-            rows = await connection.exec_driver_sql("SELECT version_num FROM alembic_version")
-        except DBAPIError:
-            return False
-        current = {row[0] for row in rows}
-    return current == head_revisions()
+    try:
+        rows = connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+    except DBAPIError:
+        return False
+    return {row[0] for row in rows} == head_revisions()
+
+
+def sqlite_at_head(url: str) -> Engine | None:
+    """A synchronous engine on the SQLite file of ``url`` (the standard library's driver) if that
+    file is at the newest migration: a short command reads it without loading aiosqlite, greenlet
+    or SQLAlchemy's ORM (which its asyncio extension imports), about a quarter of its start.
+    None for PostgreSQL, a file not there yet, one that needs migrating or cannot be opened: the
+    caller takes the usual way, ``create_engine`` and ``migrate``, which reports errors as ever."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or not Path(database).is_file():
+        return None
+    engine = create_sync_engine(parsed.set(drivername="sqlite"), connect_args={"timeout": 30})
+    try:
+        with engine.connect() as connection:
+            if at_head(connection):
+                return engine
+    except DBAPIError:
+        pass
+    engine.dispose()
+    return None
 
 
 _REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
