@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bzi_broadcast import __version__
-from bzi_broadcast.errors import BroadcastError, ConfigError, ContentError, TemplateError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import use_locale
 
@@ -214,10 +212,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    # --version, --help and usage errors have ended above; logging and the error classes (with
+    # their dataclasses) are imported only for a command that runs: half of what --version loaded.
+    import logging
+
+    from bzi_broadcast.errors import BroadcastError, ConfigError, ContentError, TemplateError
+
     logging.basicConfig(level=os.environ.get("BZI_LOG_LEVEL", "WARNING"))
     # httpx logs each request's URL, and a Bot API URL carries the bot's token
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
     handler: Command = args.handler
     try:
         return handler(args)
