@@ -7,10 +7,14 @@ For each database (SQLite file; PostgreSQL at 127.0.0.1:5432) it
   3. waits until the announcement is sent and reports messages/s from release to the last
      acceptance, the peak RSS of each serve process, and
   4. the release latency (publish_at → first message handed to SMTP) over 20 small announcements.
-In the same run it measures postfix's ``smtp-source`` (C; 8 sessions, connections reused, the
-same message size) into the same sink, and prints our rate as a ratio of it.
+In the same run, right before and right after each database's fan-out, it measures postfix's
+``smtp-source`` (C; 8 sessions, connections reused, the same message size) into the same sink, and
+prints our rate as a ratio of the mean of the two (the machine's load may change meanwhile).
+With ``--profile DIR`` each serve process is sampled by py-spy during the big fan-out and the CPU
+time per message is printed by stage (``bench.email_stages``).
 
     .venv/bin/python -m bench.email_fanout [--subscribers 100000] [--databases sqlite,postgresql]
+        [--workers 2] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -19,19 +23,23 @@ import argparse
 import asyncio
 import os
 import platform
+import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 from sqlalchemy import func, insert, select
 
+from bench.email_stages import stage_table
 from bzi_broadcast.content import load_announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
 from bzi_broadcast.render import Renderer
@@ -45,7 +53,8 @@ SINK, SOURCE = (
     shutil.which("smtp-sink") or "/usr/sbin/smtp-sink",
     shutil.which("smtp-source") or "/usr/sbin/smtp-source",
 )
-SINK_PORT = 2727
+PY_SPY = Path(sys.executable).with_name("py-spy")
+PROFILE_RATE = 100  # py-spy samples per second
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -57,25 +66,30 @@ def require_postfix() -> None:
         )
 
 
-def start_sink() -> subprocess.Popen[bytes]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
     sink = subprocess.Popen(
-        [SINK, "-u", os.environ.get("USER", "root"), f"127.0.0.1:{SINK_PORT}", "1000"],
+        [SINK, "-u", os.environ.get("USER", "root"), f"127.0.0.1:{port}", "1000"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            import socket
-
-            socket.create_connection(("127.0.0.1", SINK_PORT), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return sink
         except OSError:
             time.sleep(0.05)
     sys.exit("smtp-sink did not start")
 
 
-def reference_rate(count: int, size: int) -> float:
+def reference_rate(port: int, count: int, size: int) -> float:
     start = time.perf_counter()
     subprocess.run(
         [
@@ -91,7 +105,7 @@ def reference_rate(count: int, size: int) -> float:
             "bench@example.org",
             "-t",
             "sink@example.org",
-            f"127.0.0.1:{SINK_PORT}",
+            f"127.0.0.1:{port}",
         ],
         check=True,
     )
@@ -140,11 +154,12 @@ async def schedule_example(url: str, delay: float = 3.0) -> int:
     return announcement_id
 
 
-def serve(url: str, workdir: Path, index: int) -> subprocess.Popen[bytes]:
+def serve(url: str, port: int, workdir: Path, index: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "BZI_DATABASE_URL": url,
-        "BZI_SMTP_PORT": str(SINK_PORT),
+        "BZI_SECURITY_SECRET_KEY": secrets.token_urlsafe(48),  # signs the links in every message
+        "BZI_SMTP_PORT": str(port),
         "BZI_SMTP_POOL_SIZE": "8",
         "BZI_SMTP_RATE_PER_SECOND": "100000",
         "BZI_SMTP_BURST": "1000",
@@ -167,6 +182,29 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def start_profilers(
+    processes: list[subprocess.Popen[bytes]], out: Path, kind: str
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """py-spy on every serve process (collapsed stacks, idle threads left out)."""
+    out.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for i, process in enumerate(processes):
+        path = out / f"{kind}-{i}.txt"
+        command = [str(PY_SPY), "record", "--format", "raw", "--rate", str(PROFILE_RATE)]
+        command += ["--output", str(path), "--pid", str(process.pid)]
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        profilers.append((spy, path))
+    return profilers
+
+
+def stop_profilers(profilers: list[tuple[subprocess.Popen[bytes], Path]]) -> list[Path]:
+    for spy, _path in profilers:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for spy, _path in profilers:
+        spy.wait(60)
+    return [path for _spy, path in profilers if path.exists()]
 
 
 async def progress(
@@ -226,18 +264,37 @@ async def release_latencies(url: str, rounds: int = 20) -> list[float]:
     return latencies
 
 
-async def run_one(kind: str, url: str, count: int, workers: int) -> dict[str, float]:
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    rate: float  # messages accepted by the sink per second, release → last acceptance
+    sent: int
+    seconds: float
+    rss: float  # the largest VmHWM of the serve processes, MB
+    rss_before: float  # the same after start-up and the 20 small announcements
+    p50: float
+    p99: float
+    stacks: list[Path]
+
+
+async def run_one(
+    kind: str, url: str, port: int, count: int, workers: int, profile: Path | None
+) -> Run:
     """Release latency first (20 small announcements to 10 readers), then the big fan-out."""
     await prepare(url, 10, schedule=False)
     with tempfile.TemporaryDirectory() as tmp:
-        processes = [serve(url, Path(tmp), i) for i in range(workers)]
+        processes = [serve(url, port, Path(tmp), i) for i in range(workers)]
+        profilers: list[tuple[subprocess.Popen[bytes], Path]] = []
         try:
             latencies = await release_latencies(url)
+            rss_before = max(peak_rss_mb(p.pid) for p in processes)
             await add_readers(url, 10, count)
+            if profile is not None:
+                profilers = start_profilers(processes, profile, kind)
             announcement_id = await schedule_example(url)
             publish_at, released, first, last, sent = await wait_sent(
-                url, announcement_id, count, kind, processes
+                url, announcement_id, count, kind, processes, Path(tmp)
             )
+            stacks = stop_profilers(profilers)
             rss = max(peak_rss_mb(p.pid) for p in processes)
         finally:
             for p in processes:
@@ -246,17 +303,25 @@ async def run_one(kind: str, url: str, count: int, workers: int) -> dict[str, fl
                 p.wait(60)
     seconds = (last - released).total_seconds()
     latencies.append((first - publish_at).total_seconds())
-    return {
-        "rate": sent / seconds,
-        "seconds": seconds,
-        "rss": rss,
-        "p50": statistics.median(latencies),
-        "p99": statistics.quantiles(latencies, n=100)[98],
-    }
+    return Run(
+        rate=sent / seconds,
+        sent=sent,
+        seconds=seconds,
+        rss=rss,
+        rss_before=rss_before,
+        p50=statistics.median(latencies),
+        p99=statistics.quantiles(latencies, n=100)[98],
+        stacks=stacks,
+    )
 
 
 async def wait_sent(
-    url: str, announcement_id: int, count: int, kind: str, processes: list[subprocess.Popen[bytes]]
+    url: str,
+    announcement_id: int,
+    count: int,
+    kind: str,
+    processes: list[subprocess.Popen[bytes]],
+    workdir: Path,
 ) -> tuple[datetime, datetime, datetime, datetime, int]:
     while True:
         await asyncio.sleep(1)
@@ -264,8 +329,10 @@ async def wait_sent(
         print(f"  {kind}: {status} {sent}/{count}", end="\r", flush=True)
         if status in ("sent", "partially_failed"):
             break
-        if any(p.poll() is not None for p in processes):
-            sys.exit("serve exited early; see its log")
+        for i, p in enumerate(processes):
+            if p.poll() is not None:
+                tail = (workdir / f"serve{i}.log").read_text(errors="replace")[-3000:]
+                sys.exit(f"serve exited early ({p.returncode}); the end of its log:\n{tail}")
     engine = create_engine(url)
     async with engine.connect() as conn:
         publish_at = (
@@ -294,35 +361,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--databases", default="sqlite,postgresql")
-    parser.add_argument("--workers", type=int, default=3, help="serve processes on PostgreSQL")
+    parser.add_argument("--workers", type=int, default=2, help="serve processes on PostgreSQL")
+    parser.add_argument("--profile", type=Path, help="py-spy each serve process, stacks here")
     args = parser.parse_args()
     require_postfix()
     size = len(Renderer().email(load_announcement(EXAMPLE)).html) * 2
-    sink = start_sink()
+    port = free_port()
+    sink = start_sink(port)
     try:
-        reference = reference_rate(min(args.subscribers, 50_000), size)
         print(
             f"bench/email_fanout  machine: {platform.machine()} {os.cpu_count()} cores, "
-            f"python {platform.python_version()}, subscribers: {args.subscribers}"
+            f"python {platform.python_version()}, subscribers: {args.subscribers}, "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
-        print(f"  reference smtp-source (8 sessions, reused, {size} B): {reference:,.0f} msg/s")
         for kind in args.databases.split(","):
-            with tempfile.TemporaryDirectory() as tmp:
-                url = (
-                    f"sqlite:///{tmp}/bench.sqlite3"
-                    if kind == "sqlite"
-                    else asyncio.run(fresh_pg_database("bzi_bench"))
-                )
-                workers = 1 if kind == "sqlite" else args.workers
-                r = asyncio.run(run_one(kind, url, args.subscribers, workers))
-            print(
-                f"  {kind:10} {workers} serve: {r['rate']:,.0f} msg/s end to end "
-                f"({r['seconds']:.1f} s), ratio {r['rate'] / reference:.2f}, "
-                f"peak RSS {r['rss']:.0f} MB, release latency p50 {r['p50'] * 1000:.0f} ms "
-                f"p99 {r['p99'] * 1000:.0f} ms"
-            )
+            workers = 1 if kind == "sqlite" else args.workers
+            measure_database(kind, workers, port, size, args)
     finally:
         sink.terminate()
+
+
+def measure_database(
+    kind: str, workers: int, port: int, size: int, args: argparse.Namespace
+) -> None:
+    """smtp-source, our fan-out, smtp-source again: the reference is the mean of the two."""
+    references = [reference_rate(port, min(args.subscribers, 50_000), size)]
+    with tempfile.TemporaryDirectory() as tmp:
+        url = (
+            f"sqlite:///{tmp}/bench.sqlite3"
+            if kind == "sqlite"
+            else asyncio.run(fresh_pg_database("bzi_bench"))
+        )
+        r = asyncio.run(run_one(kind, url, port, args.subscribers, workers, args.profile))
+    references.append(reference_rate(port, min(args.subscribers, 50_000), size))
+    reference = statistics.mean(references)
+    print(
+        f"  {kind:10} {workers} serve: {r.rate:,.0f} msg/s end to end ({r.seconds:.1f} s); "
+        f"smtp-source (8 sessions, reused, {size} B) {references[0]:,.0f} before, "
+        f"{references[1]:,.0f} after: ratio {r.rate / reference:.3f}"
+    )
+    print(
+        f"  {'':10} peak RSS {r.rss:.0f} MB (after start-up and 20 small sends "
+        f"{r.rss_before:.0f} MB), release latency p50 {r.p50 * 1000:.0f} ms "
+        f"p99 {r.p99 * 1000:.0f} ms, load average {os.getloadavg()[0]:.1f}"
+    )
+    if r.stacks:
+        print(stage_table(r.stacks, r.sent, PROFILE_RATE))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class Worker:
         self._pending: list[Outcome] = []
         self._prepared: dict[int, asyncio.Future[Any]] = {}
         self._seen: dict[int, tuple[float, bool]] = {}  # announcement → (when asked, sending)
+        self._asking = asyncio.Lock()  # one question at a time: the sends waiting share its answer
         self._errors = ErrorRate(max(settings.pause_min_samples * 2, 100))
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -205,8 +206,12 @@ class Worker:
         now = time.monotonic()
         seen = self._seen.get(announcement_id)
         if seen is None or now - seen[0] > self._settings.flush_interval:
-            sending = await self._outbox.still_sending(announcement_id)
-            seen = self._seen[announcement_id] = (now, sending)
+            async with self._asking:  # else every send in flight asks at once (bench/RESULTS.md)
+                seen = self._seen.get(announcement_id)
+                if seen is None or now - seen[0] > self._settings.flush_interval:
+                    asked = time.monotonic()
+                    sending = await self._outbox.still_sending(announcement_id)
+                    seen = self._seen[announcement_id] = (asked, sending)
         return seen[1]
 
     async def _deliver(self, item: Claimed) -> None:
