@@ -15,7 +15,7 @@ from bzi_broadcast.channels.email_mime import DkimKey, MessageTemplate, Sender, 
 from bzi_broadcast.channels.images import read_local_image
 from bzi_broadcast.channels.smtp import PIPELINE_DEPTH, SmtpPool, SmtpServer, data_bytes
 from bzi_broadcast.delivery.outbox import Claimed
-from bzi_broadcast.delivery.ratelimit import Limiter, sleep_until
+from bzi_broadcast.delivery.ratelimit import Limiter, pace
 from bzi_broadcast.render import Renderer
 from bzi_broadcast.store.announcements import AnnouncementRecord
 from bzi_broadcast.tokens import TokenSigner, link_subject
@@ -80,7 +80,7 @@ class EmailChannel:
             unsubscribe_url=self._link("unsubscribe", subject, UNSUBSCRIBE_TTL),
             preferences_url=self._link("preferences", subject, PREFERENCES_TTL),
         )
-        await sleep_until(await self.limiter.when())
+        await pace(self.limiter)
         reply = await self._pool.send_data(self._settings.sender.address, delivery.recipient, data)
         return Receipt(remote_id=reply[:200] or None)
 
@@ -108,7 +108,7 @@ class EmailChannel:
         data = message.as_bytes()
         if self._settings.dkim:
             data = sign_dkim(data, self._settings.dkim)
-        await sleep_until(await self.limiter.when())
+        await pace(self.limiter)
         await self._pool.send(self._settings.sender.address, to, data)
 
     def _link(self, purpose: str, subject: str, ttl: timedelta) -> str:

@@ -1,23 +1,24 @@
 """Rate limits that hold for every replica together: GCRA slots kept in one row per limit.
 
 GCRA ("virtual scheduling"): a limit of ``per_second`` is a row holding its theoretical arrival
-time ``tat`` — when the next evenly spaced send is due — on the store's clock. A grant locks the
-row, hands out the next ``n`` slots, ``max(tat, now) + i / per_second`` (less the burst's
-tolerance, never before now), and moves ``tat`` past them. Every process using the same row keeps
-the limit together; each maps the slots onto its own monotonic clock by the measured offset to the
-store's, so no two hosts' clocks are ever compared. Slots are granted in batches while a process
-still holds slots ahead, so the database sees a few round trips per second, not one per send;
-slots granted to a process that stops are lost, which only ever errs on the slow side.
+time ``tat`` — when the next evenly spaced send is due — on the store's clock. One atomic update
+hands out the next ``n`` slots, ``max(tat, now) + i / per_second`` (less the burst's tolerance,
+never before now), and moves ``tat`` past them. Every process using the same row keeps the limit
+together; each maps the slots onto its own monotonic clock by the measured offset to the store's,
+so no two hosts' clocks are ever compared. Asks are granted together while a process still holds
+slots ahead, so the database sees a few round trips per second, not one per send; slots granted
+to a process that stops are lost, which only ever errs on the slow side.
 
 A daily cap is counted in the same row, per UTC day of the store's clock: a grant never goes past
 it, and asks beyond it get ``DailyCapReached`` with the time to midnight. A slot counts when it is
-granted, and asks are granted only for sends waiting now: the one slot that can go unused is a
-send cut off at shutdown, so the cap may fall short by the sends in flight at a stop, never over.
+granted, and only sends waiting now are granted: the one slot that can go unused is a send cut off
+at shutdown, so the cap may fall short by the sends in flight at a stop, never be exceeded.
 
-A send may also need a *party* of its own (a Telegram chat: one message a second). The party's
-row is reserved in the grant's transaction, only when the party is free by the batch's first slot,
-until the batch's last slot plus the party's gap; a busy party's ask waits until it is free and
-asks again. Two replicas therefore never write to one chat within its gap.
+A send may also need a *party* of its own (a Telegram chat: one message a second). Right after the
+grant, each party's row is reserved for its send's slot, if the party is free by then (its ``tat``
+is the slot plus the gap). A party another replica holds answers when it is free: that slot goes
+unused and the send asks again then. So two replicas never write to one chat within its gap; the
+cost, one slot, arises only when two of them meet at one chat (two announcements at once).
 
 The contract is one call: ``Limiter.when(party)`` → the monotonic time at which the send may
 start. The channel waits for it (``sleep_until``); nothing here sends, and adapters never compute
@@ -29,13 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -47,7 +48,10 @@ from bzi_broadcast.metrics import record_wait
 log = logging.getLogger(__name__)
 
 DAY = 86_400.0
-LEAD = 0.05  # ask for more slots this long before the last one held is due (a round trip or so)
+# A grant's first slot is at least this far ahead of the store's clock, so that it is still ahead
+# when the answer arrives (a round trip, on a busy host); and a process asks for more slots this
+# long before the last one it holds is due.
+LEAD = 0.1
 FORGET_EVERY = 60.0  # seconds between deletions of free parties' rows
 
 
@@ -79,13 +83,6 @@ class Party:
     gap: float
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SlotState:
-    tat: float = 0.0  # theoretical arrival time: when the next evenly spaced send is due
-    day: int = 0  # the UTC day (days since 1970-01-01) that ``day_count`` counts
-    day_count: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class Slot:
     at: float  # the send may start then (store's clock)
@@ -105,93 +102,68 @@ Answer = Slot | Busy | Capped
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Taken:
+    """What one atomic update of a limit's row granted."""
+
+    now: float  # the store's clock then
+    earliest: float  # ``now`` plus the lead the grant was asked with: no slot before
+    tat: float  # the row's theoretical arrival time after the update
+    granted: int  # slots granted: as many as asked, unless the daily cap left fewer
+    read: tuple[float, float]  # this process's monotonic clock before and after the update
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Grant:
-    now: float  # the store's clock when the row was locked
-    read: tuple[float, float]  # this process's monotonic clock before and after that reading
+    now: float  # the store's clock at the grant
+    read: tuple[float, float]  # this process's monotonic clock before and after it
     answers: tuple[Answer, ...]  # one per ask, in the order asked
-    reserved_until: float  # the reserved parties are busy until then plus their gap
     midnight: float  # when today's count ends
 
 
-class SlotRow(Protocol):
-    """One limit's row, locked for a grant: its state, the store's clock, and the writes."""
-
-    now: float
-    state: SlotState
-    read: tuple[float, float]  # monotonic times just before and after the store read ``now``
-
-    async def reserve(
-        self, parties: Sequence[Party], *, free_by: float, until: float
-    ) -> dict[str, float]:
-        """Reserve every party free by ``free_by`` until ``until`` plus its gap; answer the
-        others' free times, by party key."""
-
-    async def write(self, state: SlotState) -> None: ...
-
-    async def forget(self) -> None:
-        """Delete the rows of parties that are free (a missing row is a free party)."""
-
-
 class SlotStore(Protocol):
-    def locked(self, key: str) -> AbstractAsyncContextManager[SlotRow]:
-        """The row of ``key`` (created at first use), locked until the context ends."""
+    """The rows of the limits. Every change is one atomic statement: no row stays locked while
+    a process waits for anything, so a replica that stalls never stalls the others."""
+
+    async def grant(
+        self, key: str, limit: RateLimit, asks: Sequence[Party | None], lead: float = 0.0
+    ) -> Grant:
+        """Slots for ``asks``, in order. One update moves the row of ``key`` (created at first
+        use) past the next slots, as many as asked unless the daily cap leaves fewer: ``tat =
+        max(tat, now + lead) + granted / per_second``, today's count ``+ granted``, reset when the
+        UTC day has changed (``slots``). Then each party is reserved for its send's slot if it
+        is free by then, busy until the slot plus its gap; ``answer`` says what each ask got."""
+
+    async def hold(self, key: str, seconds: float) -> None:
+        """No slot of ``key`` before ``seconds`` from now (the server asked everybody to wait)."""
+
+    async def forget(self, key: str) -> None:
+        """Delete the rows of free parties of ``key`` (a missing row is a free party)."""
 
 
-async def take(
-    store: SlotStore, key: str, limit: RateLimit, asks: Sequence[Party | None], forget: bool = False
+def slots(taken: Taken, limit: RateLimit) -> list[float]:
+    """The slots an update granted: evenly spaced up to the row's new ``tat``, less the burst's
+    tolerance, never before the earliest."""
+    start = taken.tat - taken.granted * limit.interval
+    step, ahead = limit.interval, limit.tolerance
+    return [max(taken.earliest, start + i * step - ahead) for i in range(taken.granted)]
+
+
+def sends(asks: Sequence[Party | None], times: Sequence[float]) -> list[tuple[Party, float]]:
+    """The parties to reserve, each for its ask's slot."""
+    return [(party, at) for party, at in zip(asks, times, strict=False) if party is not None]
+
+
+def answer(
+    taken: Taken, asks: Sequence[Party | None], times: Sequence[float], busy: dict[str, float]
 ) -> Grant:
-    """Grant slots to ``asks`` in order, in one transaction on the row of ``key``."""
-    async with store.locked(key) as row:
-        now, state = row.now, row.state
-        start, today = max(state.tat, now), int(now // DAY)
-        used = state.day_count if state.day == today else 0
-        cap = limit.daily_cap
-        room = len(asks) if cap is None else max(0, min(len(asks), cap - used))
-        until = start + room * limit.interval
-        parties = [p for p in asks[:room] if p is not None]
-        busy = await row.reserve(parties, free_by=start, until=until) if parties else {}
-        answers = _answers(asks, room, busy, start, now, limit)
-        granted = sum(isinstance(a, Slot) for a in answers)
-        if granted:
-            tat = start + granted * limit.interval
-            await row.write(SlotState(tat=tat, day=today, day_count=used + granted))
-        if forget:
-            await row.forget()
-    return Grant(
-        now=now,
-        read=row.read,
-        answers=answers,
-        reserved_until=until,
-        midnight=(today + 1) * DAY,
-    )
-
-
-def _answers(
-    asks: Sequence[Party | None],
-    room: int,
-    busy: dict[str, float],
-    start: float,
-    now: float,
-    limit: RateLimit,
-) -> tuple[Answer, ...]:
-    answers: list[Answer] = []
-    granted = 0
-    for index, party in enumerate(asks):
-        if index >= room:
-            answers.append(Capped())
-        elif party is not None and party.key in busy:
-            answers.append(Busy(busy[party.key]))
-        else:
-            answers.append(Slot(max(now, start + granted * limit.interval - limit.tolerance)))
-            granted += 1
-    return tuple(answers)
-
-
-async def hold(store: SlotStore, key: str, seconds: float) -> None:
-    """No slot of ``key`` before ``seconds`` from now (the server asked everybody to wait)."""
-    async with store.locked(key) as row:
-        if row.now + seconds > row.state.tat:
-            await row.write(replace(row.state, tat=row.now + seconds))
+    """A slot for each granted ask, unless its party was busy at it (that slot goes unused: two
+    replicas met at one chat, which is rare); ``Capped`` for the asks past the daily cap."""
+    answers: list[Answer] = [Capped()] * len(asks)
+    for index, at in enumerate(times):
+        party = asks[index]
+        answers[index] = Busy(busy[party.key]) if party and party.key in busy else Slot(at)
+    midnight = (taken.now // DAY + 1) * DAY
+    return Grant(now=taken.now, read=taken.read, answers=tuple(answers), midnight=midnight)
 
 
 class ClockOffset:
@@ -235,8 +207,11 @@ class Limiter:
         *,
         name: str,
         batch_seconds: float = 0.25,
+        late: float = math.inf,
     ) -> None:
+        """``late``: how long after its slot a send may still start (``pace``)."""
         self.key, self.limit, self.name = key, limit, name  # name: the metrics' label
+        self.late = late
         self._store = store
         self._batch = max(1, math.ceil(limit.per_second * batch_seconds))
         self._asks: list[_Ask] = []
@@ -270,7 +245,7 @@ class Limiter:
         """No send for ``seconds``: in this process at once, in the others from their next
         grant (the row's ``tat`` moves past the hold)."""
         self.held_until = max(self.held_until, time.monotonic() + seconds)
-        task = asyncio.create_task(hold(self._store, self.key, seconds))
+        task = asyncio.create_task(self._store.hold(self.key, seconds))
         self._background.add(task)
         task.add_done_callback(self._settled)
 
@@ -324,36 +299,35 @@ class Limiter:
         return [], min(later, run_out) if ready else later
 
     async def _grant(self, batch: list[_Ask]) -> None:
-        forget = time.monotonic() >= self._next_forget
         try:
-            grant = await take(
-                self._store, self.key, self.limit, [a.party for a in batch], forget=forget
-            )
+            if time.monotonic() >= self._next_forget:
+                self._next_forget = time.monotonic() + FORGET_EVERY
+                await self._store.forget(self.key)
+            asks = [a.party for a in batch]
+            granted = await self._store.grant(self.key, self.limit, asks, lead=LEAD)
         except (SQLAlchemyError, OSError) as exc:
             self._fail(batch, exc)
             return
-        if forget:
-            self._next_forget = grant.read[1] + FORGET_EVERY
-        offset = self._offset.update(*grant.read, grant.now)
-        for ask, answer in zip(batch, grant.answers, strict=True):
-            self._answer(ask, answer, grant, offset)
+        offset = self._offset.update(*granted.read, granted.now)
+        for ask, answer in zip(batch, granted.answers, strict=True):
+            self._answer(ask, answer, granted, offset)
         if len(self._busy) > 10_000:  # forget parties whose gap is over (a fan-out is long)
-            self._busy = {k: t for k, t in self._busy.items() if t > grant.read[1]}
+            self._busy = {k: t for k, t in self._busy.items() if t > granted.read[1]}
 
-    def _answer(self, ask: _Ask, answer: Answer, grant: Grant, offset: float) -> None:
+    def _answer(self, ask: _Ask, answer: Answer, granted: Grant, offset: float) -> None:
         if isinstance(answer, Slot):
             at = answer.at + offset
             self._last_slot = max(self._last_slot, at)
             if ask.party is not None:
-                self._busy[ask.party.key] = grant.reserved_until + ask.party.gap + offset
+                self._busy[ask.party.key] = at + ask.party.gap
             if not ask.future.done():  # an ask given up meanwhile: its slot goes unused
                 ask.future.set_result(at)
         elif isinstance(answer, Busy):
             if ask.party is not None:
                 self._busy[ask.party.key] = answer.until + offset  # asked again from then
         else:
-            to_midnight = grant.midnight - grant.now
-            self._capped_until = grant.midnight + offset
+            to_midnight = granted.midnight - granted.now
+            self._capped_until = granted.midnight + offset
             if not ask.future.done():
                 ask.future.set_exception(DailyCapReached(retry_after=to_midnight))
 
@@ -372,6 +346,24 @@ async def sleep_until(at: float) -> None:
     delay = at - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+async def pace(limiter: Limiter, party: Party | None = None) -> None:
+    """Return when one send (to ``party``) may start: at its slot. A slot this process wakes
+    for more than ``limiter.late`` after it (the event loop was busy) is given up, and another
+    asked for: sent late, the message would come too close to the next slot, which another
+    replica sends on time, and a busy loop's late sends would go out in a burst. After two such
+    slots the third is used however late (an overloaded process still sends). A slot a flood
+    hold fell on is given up too."""
+    for attempt in itertools.count():
+        at = await limiter.when(party)
+        await sleep_until(at)
+        now = time.monotonic()
+        if now < limiter.held_until:
+            continue
+        if now - at <= limiter.late or attempt >= 2:
+            return
+        log.debug("slot given up limiter=%s late_seconds=%.3f", limiter.name, now - at)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,30 +1,55 @@
 """Where the shared rate limits keep their rows (``delivery.ratelimit.SlotStore``).
 
-``DatabaseSlots``: the table ``rate_slots``, one transaction per grant. The row is created and
-locked by one upsert (PostgreSQL: a row lock, which the other replicas' grants queue on; SQLite:
-the database's write lock, taken by the first statement so no reader has to upgrade). The clock
-is the database's own, so the replicas' hosts need not agree on the time.
+``DatabaseSlots``: the table ``rate_slots``. Every change is one statement in autocommit mode,
+so a row is locked only while the database executes it (PostgreSQL queues the replicas' grants on
+that row lock; SQLite has one writer anyway): a replica that stalls between two round trips never
+holds the others up. The clock is the database's own, so the replicas' hosts need not agree on
+the time. The same statements run on SQLite (3.35 and later: ``RETURNING``) and PostgreSQL; only
+the spelling of now, floor, greatest and least differs.
 
-``MemorySlots``: the same rows in this process's memory.
+``MemorySlots``: the same rows in this process's memory (one process without a database: a test
+send to staff; unit tests).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, cast, delete, extract, func, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    case,
+    cast,
+    delete,
+    extract,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bzi_broadcast.delivery.ratelimit import DAY, Party, SlotRow, SlotState
+from bzi_broadcast.delivery.ratelimit import (
+    DAY,
+    Grant,
+    Party,
+    RateLimit,
+    Taken,
+    answer,
+    sends,
+    slots,
+)
 from bzi_broadcast.store.schema import rate_slots
 
 UNIX_EPOCH_JULIAN_DAY = 2440587.5  # julianday('1970-01-01')
+row = rate_slots.c
 
 
 class DatabaseSlots:
@@ -33,127 +58,176 @@ class DatabaseSlots:
 
     def __init__(self, engine: AsyncEngine, clock: Callable[[], float] | None = None) -> None:
         self.engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._clock = clock
-        postgresql = engine.dialect.name == "postgresql"
-        self._insert = postgresql_insert if postgresql else sqlite_insert
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._insert: Any = postgresql_insert if self._postgresql else sqlite_insert
+        self._created: set[str] = set()
 
-    @contextlib.asynccontextmanager
-    async def locked(self, key: str) -> AsyncIterator[SlotRow]:
-        upsert = self._insert(rate_slots).values(key=key, tat=0.0, day=0, day_count=0)
-        statement = upsert.on_conflict_do_update(
-            index_elements=[rate_slots.c.key], set_={"tat": rate_slots.c.tat}
-        ).returning(
-            rate_slots.c.tat, rate_slots.c.day, rate_slots.c.day_count, self._now().label("now")
+    async def grant(
+        self, key: str, limit: RateLimit, asks: Sequence[Party | None], lead: float = 0.0
+    ) -> Grant:
+        """Both statements on one connection: one checkout (and its ping) per grant."""
+        if key not in self._created:
+            await self._create(key)
+        async with self._autocommit.connect() as conn:
+            taken = await self._take(conn, key, len(asks), limit, lead)
+            times = slots(taken, limit)
+            reserving = sends(asks, times)
+            busy = await self._reserve(conn, key, reserving) if reserving else {}
+        return answer(taken, asks, times, busy)
+
+    async def _take(
+        self, conn: AsyncConnection, key: str, count: int, limit: RateLimit, lead: float
+    ) -> Taken:
+        now = self._now()
+        today = self._floor(now / DAY)
+        used = case((row.day == today, row.day_count), else_=0)
+        granted: ColumnElement[int] = literal(count, Integer)
+        if limit.daily_cap is not None:
+            granted = self._greatest(literal(0), self._least(granted, limit.daily_cap - used))
+        statement = (
+            update(rate_slots)
+            .where(row.key == key)
+            .values(
+                tat=self._greatest(row.tat, now + lead) + granted * limit.interval,
+                day=today,
+                day_count=used + granted,
+                granted=granted,
+            )
+            .returning(row.tat, row.granted, now.label("now"))
         )
-        async with self.engine.begin() as conn:
-            asked = time.monotonic()  # the connection is ready: the round trip alone is timed
-            row = (await conn.execute(statement)).one()
-            read = (asked, time.monotonic())
-            state = SlotState(tat=row.tat, day=row.day, day_count=row.day_count)
-            yield _DatabaseRow(conn, self._insert, key, state, float(row.now), read)
+        asked = time.monotonic()
+        result = (await conn.execute(statement)).one()
+        read = (asked, time.monotonic())
+        now_value = float(result.now)
+        return Taken(
+            now=now_value,
+            earliest=now_value + lead,
+            tat=result.tat,
+            granted=result.granted,
+            read=read,
+        )
+
+    async def _create(self, key: str) -> None:
+        statement = self._insert(rate_slots).values(key=key, tat=0.0, day=0, day_count=0, granted=0)
+        async with self._autocommit.connect() as conn:
+            await conn.execute(statement.on_conflict_do_nothing(index_elements=[row.key]))
+        self._created.add(key)
+
+    async def _reserve(
+        self, conn: AsyncConnection, key: str, reserving: Sequence[tuple[Party, float]]
+    ) -> dict[str, float]:
+        """One upsert per gap (private chats, groups), rows in key order: two replicas' upserts
+        lock the rows they share in the same order, so they never deadlock."""
+        ordered = sorted(reserving, key=lambda send: (send[0].gap, send[0].key))
+        busy: dict[str, float] = {}
+        for gap, same_gap in groupby(ordered, lambda send: send[0].gap):
+            wanted = {f"{key}/{party.key}": (party, at) for party, at in same_gap}
+            values = [
+                {"key": k, "tat": at + gap, "day": 0, "day_count": 0, "granted": 0}
+                for k, (_party, at) in wanted.items()
+            ]
+            upsert = self._insert(rate_slots).values(values)
+            statement = upsert.on_conflict_do_update(
+                index_elements=[row.key],
+                set_={"tat": upsert.excluded.tat},
+                where=row.tat <= upsert.excluded.tat - gap,  # free by the send's time
+            ).returning(row.key)
+            reserved = set((await conn.execute(statement)).scalars())
+            if missing := set(wanted) - reserved:
+                found = await conn.execute(select(row.key, row.tat).where(row.key.in_(missing)))
+                busy.update({wanted[k][0].key: tat for k, tat in found})
+        return busy
+
+    async def hold(self, key: str, seconds: float) -> None:
+        statement = (
+            update(rate_slots)
+            .where(row.key == key)
+            .values(tat=self._greatest(row.tat, self._now() + seconds))
+        )
+        async with self._autocommit.connect() as conn:
+            await conn.execute(statement)
+
+    async def forget(self, key: str) -> None:
+        """Rows a grant is reserving right now are skipped, not waited for (no deadlock)."""
+        free = (
+            select(row.key)
+            .where(row.key.startswith(f"{key}/", autoescape=True), row.tat < self._now())
+            .with_for_update(skip_locked=True)
+        )
+        async with self._autocommit.connect() as conn:
+            await conn.execute(delete(rate_slots).where(row.key.in_(free.scalar_subquery())))
 
     def _now(self) -> ColumnElement[float]:
+        """One value in a whole statement, however often it appears."""
         if self._clock is not None:
             return cast(literal(self._clock()), Float)
-        if self.engine.dialect.name == "postgresql":
-            # One value for the whole statement (clock_timestamp() would change within it), taken
-            # when the statement arrives: a grant queued on the lock sees an older now, which only
-            # lets a slot start in the past, that is at once.
+        if self._postgresql:
+            # statement_timestamp(), not clock_timestamp(), which changes within a statement
             return cast(extract("epoch", func.statement_timestamp()), Float)
-        # SQLite: 'now' is one value per statement, to the millisecond
-        return (func.julianday("now") - UNIX_EPOCH_JULIAN_DAY) * DAY
+        return (func.julianday("now") - UNIX_EPOCH_JULIAN_DAY) * DAY  # SQLite: to the millisecond
+
+    def _floor(self, value: ColumnElement[float]) -> ColumnElement[int]:
+        # SQLite's CAST truncates, which is the floor for the positive times here
+        return cast(func.floor(value) if self._postgresql else value, Integer)
+
+    def _greatest(self, *values: Any) -> Any:
+        return func.greatest(*values) if self._postgresql else func.max(*values)
+
+    def _least(self, *values: Any) -> Any:
+        return func.least(*values) if self._postgresql else func.min(*values)
 
 
-class _DatabaseRow:
-    def __init__(
-        self,
-        conn: AsyncConnection,
-        insert: Any,
-        key: str,
-        state: SlotState,
-        now: float,
-        read: tuple[float, float],
-    ) -> None:
-        self._conn, self._insert, self._key = conn, insert, key
-        self.state, self.now, self.read = state, now, read
-
-    async def reserve(
-        self, parties: Sequence[Party], *, free_by: float, until: float
-    ) -> dict[str, float]:
-        """One upsert for all: a new party is inserted, a known one updated only when free."""
-        wanted = {f"{self._key}/{p.key}": p for p in parties}
-        statement = self._insert(rate_slots).values(
-            [{"key": k, "tat": until + p.gap, "day": 0, "day_count": 0} for k, p in wanted.items()]
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[rate_slots.c.key],
-            set_={"tat": statement.excluded.tat},
-            where=rate_slots.c.tat <= free_by,
-        ).returning(rate_slots.c.key)
-        reserved = set((await self._conn.execute(statement)).scalars())
-        if len(reserved) == len(wanted):
-            return {}
-        busy = select(rate_slots.c.key, rate_slots.c.tat).where(
-            rate_slots.c.key.in_(set(wanted) - reserved)
-        )
-        return {wanted[row.key].key: row.tat for row in await self._conn.execute(busy)}
-
-    async def write(self, state: SlotState) -> None:
-        await self._conn.execute(
-            update(rate_slots)
-            .where(rate_slots.c.key == self._key)
-            .values(tat=state.tat, day=state.day, day_count=state.day_count)
-        )
-
-    async def forget(self) -> None:
-        await self._conn.execute(
-            delete(rate_slots).where(
-                rate_slots.c.key.startswith(f"{self._key}/", autoescape=True),
-                rate_slots.c.tat < self.now,
-            )
-        )
+@dataclass(kw_only=True)
+class MemoryRow:
+    tat: float = 0.0
+    day: int = 0
+    day_count: int = 0
 
 
 class MemorySlots:
-    """The rows in this process's memory, for one process without a database (a test send to
-    staff, unit tests). Its clock is the wall clock, so days are UTC days."""
+    """Its clock is the wall clock, so days are UTC days. No call awaits anything, so each is
+    atomic in the event loop."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.rows: dict[str, SlotState] = {}
+        self.rows: dict[str, MemoryRow] = {}
         self._clock = clock
-        self._lock = asyncio.Lock()
 
-    @contextlib.asynccontextmanager
-    async def locked(self, key: str) -> AsyncIterator[SlotRow]:
-        async with self._lock:
-            read = time.monotonic()
-            yield _MemoryRow(self.rows, key, self._clock(), (read, read))
+    async def grant(
+        self, key: str, limit: RateLimit, asks: Sequence[Party | None], lead: float = 0.0
+    ) -> Grant:
+        taken = self._take(key, len(asks), limit, lead)
+        times = slots(taken, limit)
+        return answer(taken, asks, times, self._reserve(key, sends(asks, times)))
 
+    def _take(self, key: str, count: int, limit: RateLimit, lead: float) -> Taken:
+        state = self.rows.setdefault(key, MemoryRow())
+        read, now = time.monotonic(), self._clock()
+        today = int(now // DAY)
+        used = state.day_count if state.day == today else 0
+        granted = count if limit.daily_cap is None else max(0, min(count, limit.daily_cap - used))
+        state.tat = max(state.tat, now + lead) + granted * limit.interval
+        state.day, state.day_count = today, used + granted
+        return Taken(
+            now=now, earliest=now + lead, tat=state.tat, granted=granted, read=(read, read)
+        )
 
-class _MemoryRow:
-    def __init__(
-        self, rows: dict[str, SlotState], key: str, now: float, read: tuple[float, float]
-    ) -> None:
-        self._rows, self._key, self.now, self.read = rows, key, now, read
-        self.state = rows.get(key, SlotState())
-
-    async def reserve(
-        self, parties: Sequence[Party], *, free_by: float, until: float
-    ) -> dict[str, float]:
+    def _reserve(self, key: str, reserving: Sequence[tuple[Party, float]]) -> dict[str, float]:
         busy: dict[str, float] = {}
-        for party in parties:
-            key = f"{self._key}/{party.key}"
-            tat = self._rows.get(key, SlotState()).tat
-            if tat <= free_by:
-                self._rows[key] = SlotState(tat=until + party.gap)
+        for party, at in reserving:
+            state = self.rows.setdefault(f"{key}/{party.key}", MemoryRow())
+            if state.tat <= at:
+                state.tat = at + party.gap
             else:
-                busy[party.key] = tat
+                busy[party.key] = state.tat
         return busy
 
-    async def write(self, state: SlotState) -> None:
-        self._rows[self._key] = state
+    async def hold(self, key: str, seconds: float) -> None:
+        state = self.rows.setdefault(key, MemoryRow())
+        state.tat = max(state.tat, self._clock() + seconds)
 
-    async def forget(self) -> None:
-        prefix = f"{self._key}/"
-        for key in [k for k, s in self._rows.items() if k.startswith(prefix) and s.tat < self.now]:
-            del self._rows[key]
+    async def forget(self, key: str) -> None:
+        now = self._clock()
+        for name in [k for k, s in self.rows.items() if k.startswith(f"{key}/") and s.tat < now]:
+            del self.rows[name]

@@ -251,7 +251,7 @@ rate_limits = Table(
 # Rate limits shared by every replica (delivery/ratelimit.py): one row per limit, and one per
 # party of a limit ("telegram:123/chat:42"). ``tat`` is GCRA's theoretical arrival time, in
 # seconds since 1970 on the database's clock; ``day`` the UTC day (days since 1970) ``day_count``
-# counts.
+# counts; ``granted`` the slots the last grant gave (RETURNING shows only the new row).
 rate_slots = Table(
     "rate_slots",
     metadata,
@@ -259,6 +259,7 @@ rate_slots = Table(
     Column("tat", Float, nullable=False),
     Column("day", Integer, nullable=False),
     Column("day_count", Integer, nullable=False),
+    Column("granted", Integer, nullable=False),
 )
 
 # Staff: editors draft, publishers approve and send, admins manage users and settings.

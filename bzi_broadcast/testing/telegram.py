@@ -286,6 +286,7 @@ class TelegramServer:
                     "chat_id": s.chat_id,
                     "text": s.text,
                     "message_id": s.message_id,
+                    "at": s.at,  # arrival, seconds since 1970
                 }
                 for s in self.sent
             ]

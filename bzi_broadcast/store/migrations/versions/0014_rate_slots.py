@@ -33,6 +33,7 @@ _rate_slots = sa.table(
     sa.column("tat", sa.Float),
     sa.column("day", sa.Integer),
     sa.column("day_count", sa.Integer),
+    sa.column("granted", sa.Integer),
 )
 
 
@@ -43,6 +44,7 @@ def upgrade() -> None:
         sa.Column("tat", sa.Float(), nullable=False),
         sa.Column("day", sa.Integer(), nullable=False),
         sa.Column("day_count", sa.Integer(), nullable=False),
+        sa.Column("granted", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_rate_slots")),
     )
     today = datetime.now(UTC)
@@ -52,7 +54,7 @@ def upgrade() -> None:
         )
     )
     day = int(today.timestamp() // 86_400)
-    rows = [{"key": k, "tat": 0.0, "day": day, "day_count": n} for k, n in counted]
+    rows = [{"key": k, "tat": 0.0, "day": day, "day_count": n, "granted": 0} for k, n in counted]
     if rows:
         op.bulk_insert(_rate_slots, rows)
 
