@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.telegram_fanout
 	$(BIN)/python -m bench.preview
 	$(BIN)/python -m bench.mastodon_split
+	$(BIN)/python -m bench.cli
 
 catalogs: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -k _ -k gettext -k ngettext:1,2 \
