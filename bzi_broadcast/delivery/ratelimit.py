@@ -53,6 +53,7 @@ DAY = 86_400.0
 # long before the last one it holds is due.
 LEAD = 0.1
 FORGET_EVERY = 60.0  # seconds between deletions of free parties' rows
+AHEAD_MAX = 128  # slots taken ahead of the asks at most (a high rate: a few milliseconds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,7 +198,11 @@ class _Ask:
 class Limiter:
     """Answers "when may I send?" for the limit ``key`` in ``store``, shared by every process
     that uses the same store and key. Asks wait here while this process still holds slots
-    ahead (they would get slots behind those anyway) and are then granted together."""
+    ahead (they would get slots behind those anyway) and are then granted together. Without a
+    daily cap, a grant for asks without a party takes a quarter second of slots (at most
+    ``AHEAD_MAX``) and keeps those not asked for yet for the next asks: a high rate costs a
+    round trip per batch, not per send; what a process does not use of them is lost. With a
+    cap, only what is asked for is taken, so the count is exact (see the module's docstring)."""
 
     def __init__(
         self,
@@ -214,6 +219,10 @@ class Limiter:
         self.late = late
         self._store = store
         self._batch = max(1, math.ceil(limit.per_second * batch_seconds))
+        self._ahead = min(self._batch, AHEAD_MAX) if limit.daily_cap is None else 0
+        self._pool: deque[float] = deque()  # slots taken ahead, not asked for yet (monotonic)
+        # A send that may not start late gets slots still ahead when the answer arrives.
+        self._lead = LEAD if math.isfinite(late) else 0.0
         self._asks: list[_Ask] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -231,20 +240,29 @@ class Limiter:
         asked = time.monotonic()
         if asked < self._capped_until:
             raise DailyCapReached(retry_after=self._capped_until - asked)
-        ask = _Ask(party, asyncio.get_running_loop().create_future(), asked)
-        self._asks.append(ask)
-        self._arrived.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._grant_loop())
-        at = await ask.future
+        at = self._from_pool(asked) if party is None else None
+        if at is None:
+            ask = _Ask(party, asyncio.get_running_loop().create_future(), asked)
+            self._asks.append(ask)
+            self._arrived.set()
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._grant_loop())
+            at = await ask.future
         if at > asked + 0.001:
             record_wait(self.name, at - asked)
         return at
+
+    def _from_pool(self, now: float) -> float | None:
+        """A slot taken ahead; those already past (nobody asked in time) are lost."""
+        while self._pool and self._pool[0] < now - LEAD:
+            self._pool.popleft()
+        return self._pool.popleft() if self._pool else None
 
     def hold(self, seconds: float) -> None:
         """No send for ``seconds``: in this process at once, in the others from their next
         grant (the row's ``tat`` moves past the hold)."""
         self.held_until = max(self.held_until, time.monotonic() + seconds)
+        self._pool = deque(at for at in self._pool if at >= self.held_until)
         task = asyncio.create_task(self._store.hold(self.key, seconds))
         self._background.add(task)
         task.add_done_callback(self._settled)
@@ -264,6 +282,11 @@ class Limiter:
 
     async def _grant_loop(self) -> None:
         while True:
+            for ask in self._asks:  # slots taken ahead while these waited for a grant
+                if ask.party is None and not ask.future.done():
+                    if (at := self._from_pool(time.monotonic())) is None:
+                        break
+                    ask.future.set_result(at)
             self._asks = [a for a in self._asks if not a.future.done()]
             if not self._asks:
                 return
@@ -304,13 +327,19 @@ class Limiter:
                 self._next_forget = time.monotonic() + FORGET_EVERY
                 await self._store.forget(self.key)
             asks = [a.party for a in batch]
-            granted = await self._store.grant(self.key, self.limit, asks, lead=LEAD)
+            if all(party is None for party in asks):
+                asks += [None] * (self._ahead - len(asks))
+            granted = await self._store.grant(self.key, self.limit, asks, lead=self._lead)
         except (SQLAlchemyError, OSError) as exc:
             self._fail(batch, exc)
             return
         offset = self._offset.update(*granted.read, granted.now)
-        for ask, answer in zip(batch, granted.answers, strict=True):
+        for ask, answer in zip(batch, granted.answers, strict=False):
             self._answer(ask, answer, granted, offset)
+        for answer in granted.answers[len(batch) :]:
+            if isinstance(answer, Slot):
+                self._pool.append(answer.at + offset)
+                self._last_slot = max(self._last_slot, answer.at + offset)
         if len(self._busy) > 10_000:  # forget parties whose gap is over (a fan-out is long)
             self._busy = {k: t for k, t in self._busy.items() if t > granted.read[1]}
 

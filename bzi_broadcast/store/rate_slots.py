@@ -13,6 +13,7 @@ send to staff; unit tests).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy import (
     ColumnElement,
     Float,
     Integer,
+    bindparam,
     case,
     cast,
     delete,
@@ -80,25 +82,10 @@ class DatabaseSlots:
     async def _take(
         self, conn: AsyncConnection, key: str, count: int, limit: RateLimit, lead: float
     ) -> Taken:
-        now = self._now()
-        today = self._floor(now / DAY)
-        used = case((row.day == today, row.day_count), else_=0)
-        granted: ColumnElement[int] = literal(count, Integer)
-        if limit.daily_cap is not None:
-            granted = self._greatest(literal(0), self._least(granted, limit.daily_cap - used))
-        statement = (
-            update(rate_slots)
-            .where(row.key == key)
-            .values(
-                tat=self._greatest(row.tat, now + lead) + granted * limit.interval,
-                day=today,
-                day_count=used + granted,
-                granted=granted,
-            )
-            .returning(row.tat, row.granted, now.label("now"))
-        )
+        values = {"limit_key": key, "count": count, "lead": lead, **self._clock_value()}
+        statement = self._update(limit)
         asked = time.monotonic()
-        result = (await conn.execute(statement)).one()
+        result = (await conn.execute(statement, values)).one()
         read = (asked, time.monotonic())
         now_value = float(result.now)
         return Taken(
@@ -107,6 +94,28 @@ class DatabaseSlots:
             tat=result.tat,
             granted=result.granted,
             read=read,
+        )
+
+    @functools.cache  # noqa: B019 - a few limits per process, each built once
+    def _update(self, limit: RateLimit) -> Any:
+        """The grant: one update of the row, its parameters bound (limit_key, count, lead)."""
+        now = self._now()
+        today = self._floor(now / DAY)
+        used = case((row.day == today, row.day_count), else_=0)
+        granted: ColumnElement[int] = bindparam("count", type_=Integer)
+        if limit.daily_cap is not None:
+            granted = self._greatest(literal(0), self._least(granted, limit.daily_cap - used))
+        lead = bindparam("lead", type_=Float)
+        return (
+            update(rate_slots)
+            .where(row.key == bindparam("limit_key"))
+            .values(
+                tat=self._greatest(row.tat, now + lead) + granted * limit.interval,
+                day=today,
+                day_count=used + granted,
+                granted=granted,
+            )
+            .returning(row.tat, row.granted, now.label("now"))
         )
 
     async def _create(self, key: str) -> None:
@@ -147,7 +156,7 @@ class DatabaseSlots:
             .values(tat=self._greatest(row.tat, self._now() + seconds))
         )
         async with self._autocommit.connect() as conn:
-            await conn.execute(statement)
+            await conn.execute(statement, self._clock_value())
 
     async def forget(self, key: str) -> None:
         """Rows a grant is reserving right now are skipped, not waited for (no deadlock)."""
@@ -157,12 +166,17 @@ class DatabaseSlots:
             .with_for_update(skip_locked=True)
         )
         async with self._autocommit.connect() as conn:
-            await conn.execute(delete(rate_slots).where(row.key.in_(free.scalar_subquery())))
+            statement = delete(rate_slots).where(row.key.in_(free.scalar_subquery()))
+            await conn.execute(statement, self._clock_value())
+
+    def _clock_value(self) -> dict[str, float]:
+        """The value of ``_now()`` when a test replaced the database's clock."""
+        return {} if self._clock is None else {"clock": self._clock()}
 
     def _now(self) -> ColumnElement[float]:
         """One value in a whole statement, however often it appears."""
         if self._clock is not None:
-            return cast(literal(self._clock()), Float)
+            return bindparam("clock", type_=Float)
         if self._postgresql:
             # statement_timestamp(), not clock_timestamp(), which changes within a statement
             return cast(extract("epoch", func.statement_timestamp()), Float)
