@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
 import socket
 import subprocess
@@ -424,6 +425,7 @@ async def telegram_server(workdir: Path) -> AsyncIterator[str]:
         [*server, "--port", str(port), "--accept-private", *limits],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=_before_the_senders,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -433,6 +435,14 @@ async def telegram_server(workdir: Path) -> AsyncIterator[str]:
         process.terminate()
         await exited(process, timeout=30)
         log.close()
+
+
+def _before_the_senders() -> None:
+    """Telegram's servers do not share our CPU: where allowed (root), the local one gets it before
+    the replicas, so that a stall of its own does not bunch the arrivals it counts. Without that
+    right it runs as it is (a stall can then only add 429s, never hide one)."""
+    with contextlib.suppress(PermissionError):
+        os.nice(-10)
 
 
 async def _answers(base: str, process: subprocess.Popen[bytes], workdir: Path) -> bool:
