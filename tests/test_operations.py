@@ -233,7 +233,7 @@ async def test_rate_limit_state_survives_a_restart(engine: AsyncEngine) -> None:
     restarted = TokenBucket("smtp:persist", limit)
     await load_bucket(engine, restarted)
     assert restarted.day_count == 7
-    assert float(restarted.snapshot()["tokens"]) < 10  # type: ignore[arg-type]  # not a full burst
+    assert float(restarted.snapshot()["tokens"]) < 10  # not a full burst
 
 
 def test_retry_policy_backs_off_with_jitter_and_honours_server_delay() -> None:
