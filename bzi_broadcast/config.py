@@ -103,6 +103,12 @@ class DeliverySettings(_Section):
     flush_interval: float = Field(default=0.2, gt=0)
     flush_size: int = Field(default=100, ge=1)
     lease_seconds: float = Field(default=300.0, gt=0)
+    heartbeat_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="how often serve marks itself alive; silent 3× this + 1 s: its claims return",
+    )
     poll_interval: float = Field(default=1.0, gt=0)
     sweep_interval: float = Field(default=1.0, gt=0)
     pause_error_rate: float = Field(default=0.5, gt=0, le=1)

@@ -36,6 +36,7 @@ from bzi_broadcast.channels.smtp import SmtpServer
 from bzi_broadcast.channels.telegram import Pacer, TelegramChannel, TelegramLimits
 from bzi_broadcast.config import Settings, mask_url
 from bzi_broadcast.delivery import control
+from bzi_broadcast.delivery.heartbeat import Heartbeat, Identity
 from bzi_broadcast.delivery.outbox import Claimed, Outbox
 from bzi_broadcast.delivery.ratelimit import Limiter, RateLimit, SlotStore
 from bzi_broadcast.delivery.release import (
@@ -213,6 +214,12 @@ class Service:
         self.announcements = Announcements(self.engine)
         lease = timedelta(seconds=settings.delivery.lease_seconds)
         self.outbox = Outbox(self.engine, worker_id=self.worker_id, lease=lease)
+        self.heartbeat = Heartbeat(
+            self.engine.url.render_as_string(hide_password=False),
+            Identity(worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid()),
+            interval=settings.delivery.heartbeat_seconds,
+            on_reaped=self._wake_workers,  # claims of a dead process came back: send them now
+        )
         self.renderer = Renderer(settings)
         self.email = email_channel(settings, self.renderer, DatabaseSlots(self.engine))
         channels: list[Channel] = [self.email]
@@ -376,6 +383,7 @@ class Service:
         site = await self._start_web()
         if self.bot is not None:
             await self.bot.start()
+        await self.heartbeat.start(self.engine)  # before the first claim: SQLite returns old ones
         tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
         log.info(
             "serving worker_id=%s database=%s port=%s",
@@ -395,6 +403,10 @@ class Service:
                 task.cancel()  # its chunk transaction rolls back; the next start resumes it
             await asyncio.gather(*self._fan_outs.values(), return_exceptions=True)
             await self._stop_workers(tasks)
+            try:
+                await self.heartbeat.stop(self.engine)
+            except Exception:  # database away: the row goes stale and another process reaps it
+                log.warning("worker row not deleted worker_id=%s", self.worker_id, exc_info=True)
             for worker in self.workers:
                 await worker.channel.aclose()
             await self.engine.dispose()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
@@ -162,11 +162,7 @@ class Outbox:
         return await change_in_batches(self._engine, which, values, skip_locked=False)
 
     async def _requeue(self, which: ColumnElement[bool], *, skip_locked: bool = False) -> int:
-        """Claimed rows back to the queue. Without ``skip_locked`` (a worker's own rows) it waits
-        for a row being written; those are few and nobody else keeps them locked for long."""
-        claimed = and_(deliveries.c.status == str(D.SENDING), which)
-        values = {"status": str(D.QUEUED), "lease_until": None, "worker": None}
-        return await change_in_batches(self._engine, claimed, values, skip_locked=skip_locked)
+        return await requeue(self._engine, which, skip_locked=skip_locked)
 
     async def finish_announcements(self) -> list[tuple[int, AnnouncementStatus]]:
         """Close every sending announcement that has nothing left to send."""
@@ -283,6 +279,28 @@ async def _write_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) ->
     for statement, params in ((_SENT, sent), (_RETRY, retry), (_FAILED, failed)):
         if params:
             await conn.execute(statement, params)
+
+
+async def requeue(
+    engine: AsyncEngine, which: ColumnElement[bool], *, skip_locked: bool = False
+) -> int:
+    """Claimed rows matching ``which`` back to the queue. Without ``skip_locked`` it waits for a
+    row being written (its outcome, say); those are few and nobody keeps them locked for long."""
+    claimed = and_(deliveries.c.status == str(D.SENDING), which)
+    values = {"status": str(D.QUEUED), "lease_until": None, "worker": None}
+    return await change_in_batches(engine, claimed, values, skip_locked=skip_locked)
+
+
+async def requeue_claims_of(engine: AsyncEngine, worker_id: str) -> int:
+    """Every claim of a worker that is gone (its process died) back to the queue, at once."""
+    return await requeue(engine, deliveries.c.worker == worker_id)
+
+
+async def requeue_claims_not_of(engine: AsyncEngine, worker_id: str) -> int:
+    """Every claim but ``worker_id``'s back to the queue: for SQLite, where one process serves a
+    file, so at its start any other claim was left by an earlier process that died."""
+    others = or_(deliveries.c.worker.is_(None), deliveries.c.worker != worker_id)
+    return await requeue(engine, others)
 
 
 async def requeue_failed(conn: AsyncConnection, announcement_id: int, now: datetime) -> int:

@@ -238,6 +238,19 @@ channel_state = Table(
     _now_column("changed_at"),
 )
 
+# Serving processes (delivery/heartbeat.py): each beats its row every ``heartbeat_seconds``; the
+# claims of a process whose row went quiet go back to the queue (``deliveries.worker``).
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker_id", String(100), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("heartbeat_seconds", Float, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
+)
+
 rate_limits = Table(
     "rate_limits",
     metadata,
