@@ -12,6 +12,7 @@ and stored as their SHA-256.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import secrets
@@ -35,9 +36,16 @@ from bzi_broadcast.store.schema import api_tokens, audit_log, sessions, users
 
 MIN_PASSWORD = 12
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
-# Verified instead of a real hash for unknown or locked accounts, to spend the same time; its
-# password is random, and even a match is refused.
-_DUMMY = _HASHER.hash(secrets.token_urlsafe(32))
+
+
+@functools.cache
+def _dummy() -> str:
+    """Verified instead of a real hash for unknown or locked accounts, to spend the same time; its
+    password is random, and even a match is refused. Made at the first login of any kind, not at
+    import: argon2id takes 64 MiB while hashing, which a process that only sends never needs."""
+    return PasswordHasher().hash(secrets.token_urlsafe(32))
+
+
 IP_KEY = "login:"  # throttles key prefix, then the client network
 IP_WINDOW = timedelta(minutes=15)
 
@@ -149,7 +157,8 @@ async def authenticate(
             await conn.execute(select(users).where(users.c.email == email.strip().lower()))
         ).first()
     is_open = row is not None and not _locked(row, utcnow())
-    hashed = row.password_hash if row is not None and is_open else _DUMMY
+    dummy = await asyncio.to_thread(_dummy)  # before the branch: every first login pays for it
+    hashed = row.password_hash if row is not None and is_open else dummy
     if await asyncio.to_thread(_verify, hashed, password) and is_open:
         return await _succeeded(engine, row, password, ip)
     if client is not None:
