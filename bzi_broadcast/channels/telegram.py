@@ -65,10 +65,11 @@ class Pacer:
     rate, with its chat as the party (one message a second to a private chat, one every three
     seconds to a group at 20 a minute). ``slots`` shared by the replicas (the database) make the
     limits hold for all of them together; without, they hold in this process. It keeps ``margin``
-    below each limit so that network jitter cannot make two sends look closer to Telegram than
-    they were sent, and sends no more than the rate in any one second of this process, also when
-    a late wake-up bunches them. After a flood answer every send waits out its ``retry_after``, as
-    Telegram asks of the whole bot: here at once, in the other replicas from their next grant.
+    below each limit so that jitter cannot make two sends look closer to Telegram than they were
+    sent, a send that would start too late gives its slot up (``pace``), and this process never
+    puts more sends in one second than the rate does. After a flood answer every send waits out
+    its ``retry_after``, as Telegram asks of the whole bot: here at once, in the other replicas
+    from their next grant.
     """
 
     def __init__(
@@ -83,9 +84,9 @@ class Pacer:
         self._limiter = Limiter(
             slots or MemorySlots(), key, RateLimit(per_second=rate), name="telegram", late=LATE
         )
-        self._in_one_second = math.ceil(rate)  # what evenly spaced sends put in any second
         self._chat_gap = 1.0 / (limits.per_chat_per_second * margin)
         self._group_gap = 60.0 / (limits.per_group_per_minute * margin)
+        self._in_one_second = math.ceil(rate)  # what evenly spaced sends put in any second
         self._recent: deque[float] = deque()
 
     def hold(self, seconds: float) -> None:
@@ -97,6 +98,8 @@ class Pacer:
         await self._within_one_second()
 
     async def _within_one_second(self) -> None:
+        """Never more sends in one second of this process than the rate puts there, however a
+        busy loop bunched them (Telegram counts per second)."""
         while True:
             now = time.monotonic()
             while self._recent and self._recent[0] <= now - 1.0:

@@ -53,6 +53,7 @@ DAY = 86_400.0
 # long before the last one it holds is due.
 LEAD = 0.1
 FORGET_EVERY = 60.0  # seconds between deletions of free parties' rows
+SHARED_SEEN = 10.0  # seconds a limit counts as shared after another process took slots
 AHEAD_MAX = 128  # slots taken ahead of the asks at most (a high rate: a few milliseconds)
 
 
@@ -119,6 +120,8 @@ class Grant:
     read: tuple[float, float]  # this process's monotonic clock before and after it
     answers: tuple[Answer, ...]  # one per ask, in the order asked
     midnight: float  # when today's count ends
+    start: float  # where the granted slots began on the even schedule, and where they end
+    end: float
 
 
 class SlotStore(Protocol):
@@ -155,7 +158,11 @@ def sends(asks: Sequence[Party | None], times: Sequence[float]) -> list[tuple[Pa
 
 
 def answer(
-    taken: Taken, asks: Sequence[Party | None], times: Sequence[float], busy: dict[str, float]
+    taken: Taken,
+    limit: RateLimit,
+    asks: Sequence[Party | None],
+    times: Sequence[float],
+    busy: dict[str, float],
 ) -> Grant:
     """A slot for each granted ask, unless its party was busy at it (that slot goes unused: two
     replicas met at one chat, which is rare); ``Capped`` for the asks past the daily cap."""
@@ -163,8 +170,14 @@ def answer(
     for index, at in enumerate(times):
         party = asks[index]
         answers[index] = Busy(busy[party.key]) if party and party.key in busy else Slot(at)
-    midnight = (taken.now // DAY + 1) * DAY
-    return Grant(now=taken.now, read=taken.read, answers=tuple(answers), midnight=midnight)
+    return Grant(
+        now=taken.now,
+        read=taken.read,
+        answers=tuple(answers),
+        midnight=(taken.now // DAY + 1) * DAY,
+        start=taken.tat - taken.granted * limit.interval,
+        end=taken.tat,
+    )
 
 
 class ClockOffset:
@@ -232,6 +245,9 @@ class Limiter:
         self.held_until = 0.0  # no send before then (monotonic): a flood answer came
         self._capped_until = 0.0
         self._next_forget = 0.0
+        self._end = -math.inf  # where this process's last grant ended (store's clock)
+        self._shared_until = 0.0  # another process granted slots of this limit lately
+        self.started = 0.0  # when the last send paced here started (monotonic)
         self._background: set[asyncio.Task[None]] = set()
 
     async def when(self, party: Party | None = None) -> float:
@@ -251,6 +267,10 @@ class Limiter:
         if at > asked + 0.001:
             record_wait(self.name, at - asked)
         return at
+
+    def shared(self, now: float) -> bool:
+        """Another process took slots of this limit in the last ``SHARED_SEEN`` seconds."""
+        return now < self._shared_until
 
     def _from_pool(self, now: float) -> float | None:
         """A slot taken ahead; those already past (nobody asked in time) are lost."""
@@ -334,6 +354,9 @@ class Limiter:
             self._fail(batch, exc)
             return
         offset = self._offset.update(*granted.read, granted.now)
+        if granted.start > max(self._end, granted.now + self._lead) + 1e-6:
+            self._shared_until = granted.read[1] + SHARED_SEEN  # slots went to someone else
+        self._end = granted.end
         for ask, answer in zip(batch, granted.answers, strict=False):
             self._answer(ask, answer, granted, offset)
         for answer in granted.answers[len(batch) :]:
@@ -379,20 +402,26 @@ async def sleep_until(at: float) -> None:
 
 async def pace(limiter: Limiter, party: Party | None = None) -> None:
     """Return when one send (to ``party``) may start: at its slot. A slot this process wakes
-    for more than ``limiter.late`` after it (the event loop was busy) is given up, and another
-    asked for: sent late, the message would come too close to the next slot, which another
-    replica sends on time, and a busy loop's late sends would go out in a burst. After two such
-    slots the third is used however late (an overloaded process still sends). A slot a flood
-    hold fell on is given up too."""
+    for more than ``limiter.late`` after it (the event loop was busy) is given up while other
+    processes share the limit, and another asked for: sent late, the message would come too
+    close to the next slot, which another replica sends on time. After two such slots the third
+    is used however late (an overloaded process still sends). Alone, a late send goes, but not
+    closer than the interval to this process's send before (no burst of overdue slots). A slot
+    a flood hold fell on is given up too."""
     for attempt in itertools.count():
         at = await limiter.when(party)
         await sleep_until(at)
         now = time.monotonic()
         if now < limiter.held_until:
             continue
-        if now - at <= limiter.late or attempt >= 2:
-            return
-        log.debug("slot given up limiter=%s late_seconds=%.3f", limiter.name, now - at)
+        late = now - at > limiter.late
+        if late and attempt < 2 and limiter.shared(now):
+            log.debug("slot given up limiter=%s late_seconds=%.3f", limiter.name, now - at)
+            continue
+        # taken before waiting, so that two overdue sends of this process space out, too
+        limiter.started = max(now, limiter.started + limiter.limit.interval) if late else now
+        await sleep_until(limiter.started)
+        return
 
 
 def __getattr__(name: str) -> Any:

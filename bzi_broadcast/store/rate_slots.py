@@ -77,7 +77,7 @@ class DatabaseSlots:
             times = slots(taken, limit)
             reserving = sends(asks, times)
             busy = await self._reserve(conn, key, reserving) if reserving else {}
-        return answer(taken, asks, times, busy)
+        return answer(taken, limit, asks, times, busy)
 
     async def _take(
         self, conn: AsyncConnection, key: str, count: int, limit: RateLimit, lead: float
@@ -213,7 +213,7 @@ class MemorySlots:
     ) -> Grant:
         taken = self._take(key, len(asks), limit, lead)
         times = slots(taken, limit)
-        return answer(taken, asks, times, self._reserve(key, sends(asks, times)))
+        return answer(taken, limit, asks, times, self._reserve(key, sends(asks, times)))
 
     def _take(self, key: str, count: int, limit: RateLimit, lead: float) -> Taken:
         state = self.rows.setdefault(key, MemoryRow())
