@@ -4,9 +4,10 @@ real 30/s and 1/s times five, so their ratio stays). Five, not ten: with python-
 httpx one send costs this process ≈ 5 ms of CPU, so on two cores shared with the server it tops
 out near 200/s, and a ratio measured there would measure the CPU, not the pacing.
 
-Prints the achieved rate as a ratio of the enforced overall limit (target ≥ 0.95), the number of
-429 answers earned (target 0), and, in a second run with one 429 (retry_after = 5 s) injected,
-how much longer the whole send took (should be about retry_after, not more).
+Prints the achieved rate as a ratio of the enforced overall limit (target ≥ 0.93: the pacing keeps
+5 % below Telegram's limits, ``channels/telegram.py`` MARGIN), the number of 429 answers earned
+(target 0), and, in a second run with one 429 (retry_after = 5 s) injected, how much longer the
+whole send took (should be about retry_after, not more).
 
     .venv/bin/python -m bench.telegram_fanout [--chats 10000]
 """
@@ -194,7 +195,7 @@ def main() -> None:
         f"{PER_CHAT:.0f}/s per chat"
     )
     print(
-        f"  achieved {rate:.1f} msg/s = {rate / OVERALL:.3f} of the limit (target ≥ 0.95); "
+        f"  achieved {rate:.1f} msg/s = {rate / OVERALL:.3f} of the limit (target ≥ 0.93); "
         f"429 answers earned: {floods} (target 0); whole send {total:.1f} s"
     )
     print(

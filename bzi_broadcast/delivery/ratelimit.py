@@ -5,14 +5,16 @@ time ``tat`` — when the next evenly spaced send is due — on the store's cloc
 hands out the next ``n`` slots, ``max(tat, now) + i / per_second`` (less the burst's tolerance,
 never before now), and moves ``tat`` past them. Every process using the same row keeps the limit
 together; each maps the slots onto its own monotonic clock by the measured offset to the store's,
-so no two hosts' clocks are ever compared. Asks are granted together while a process still holds
-slots ahead, so the database sees a few round trips per second, not one per send; slots granted
-to a process that stops are lost, which only ever errs on the slow side.
+so no two hosts' clocks are ever compared. Asks wait and are granted together while a process
+still holds slots ahead, and without a daily cap a grant takes a quarter second of slots ahead:
+the database sees a few round trips per second, not one per send. Slots granted to a process that
+stops or falls silent are lost, which only ever errs on the slow side.
 
 A daily cap is counted in the same row, per UTC day of the store's clock: a grant never goes past
 it, and asks beyond it get ``DailyCapReached`` with the time to midnight. A slot counts when it is
-granted, and only sends waiting now are granted: the one slot that can go unused is a send cut off
-at shutdown, so the cap may fall short by the sends in flight at a stop, never be exceeded.
+granted, and with a cap only sends waiting now are granted (nothing is taken ahead): the one slot
+that can go unused is a send cut off at shutdown, so the cap may fall short by the sends in
+flight at a stop, never be exceeded.
 
 A send may also need a *party* of its own (a Telegram chat: one message a second). Right after the
 grant, each party's row is reserved for its send's slot, if the party is free by then (its ``tat``
@@ -21,9 +23,10 @@ unused and the send asks again then. So two replicas never write to one chat wit
 cost, one slot, arises only when two of them meet at one chat (two announcements at once).
 
 The contract is one call: ``Limiter.when(party)`` → the monotonic time at which the send may
-start. The channel waits for it (``sleep_until``); nothing here sends, and adapters never compute
-a rate. The rows live in a ``SlotStore`` (``store.rate_slots``: the database, SQLite or
-PostgreSQL with the same code, or this process's memory).
+start. The channel waits for it (``pace``, which also gives up a slot a busy loop woke too late
+for); nothing here sends, and adapters never compute a rate. The rows live in a ``SlotStore``
+(``store.rate_slots``: the database, SQLite or PostgreSQL with the same code, or this process's
+memory).
 """
 
 from __future__ import annotations
@@ -53,7 +56,6 @@ DAY = 86_400.0
 # long before the last one it holds is due.
 LEAD = 0.1
 FORGET_EVERY = 60.0  # seconds between deletions of free parties' rows
-SHARED_SEEN = 10.0  # seconds a limit counts as shared after another process took slots
 AHEAD_MAX = 128  # slots taken ahead of the asks at most (a high rate: a few milliseconds)
 
 
@@ -120,13 +122,13 @@ class Grant:
     read: tuple[float, float]  # this process's monotonic clock before and after it
     answers: tuple[Answer, ...]  # one per ask, in the order asked
     midnight: float  # when today's count ends
-    start: float  # where the granted slots began on the even schedule, and where they end
-    end: float
 
 
 class SlotStore(Protocol):
     """The rows of the limits. Every change is one atomic statement: no row stays locked while
     a process waits for anything, so a replica that stalls never stalls the others."""
+
+    shared: bool  # other processes may take slots of the same rows (PostgreSQL: replicas)
 
     async def grant(
         self, key: str, limit: RateLimit, asks: Sequence[Party | None], lead: float = 0.0
@@ -158,11 +160,7 @@ def sends(asks: Sequence[Party | None], times: Sequence[float]) -> list[tuple[Pa
 
 
 def answer(
-    taken: Taken,
-    limit: RateLimit,
-    asks: Sequence[Party | None],
-    times: Sequence[float],
-    busy: dict[str, float],
+    taken: Taken, asks: Sequence[Party | None], times: Sequence[float], busy: dict[str, float]
 ) -> Grant:
     """A slot for each granted ask, unless its party was busy at it (that slot goes unused: two
     replicas met at one chat, which is rare); ``Capped`` for the asks past the daily cap."""
@@ -175,8 +173,6 @@ def answer(
         read=taken.read,
         answers=tuple(answers),
         midnight=(taken.now // DAY + 1) * DAY,
-        start=taken.tat - taken.granted * limit.interval,
-        end=taken.tat,
     )
 
 
@@ -234,8 +230,9 @@ class Limiter:
         self._batch = max(1, math.ceil(limit.per_second * batch_seconds))
         self._ahead = min(self._batch, AHEAD_MAX) if limit.daily_cap is None else 0
         self._pool: deque[float] = deque()  # slots taken ahead, not asked for yet (monotonic)
-        # A send that may not start late gets slots still ahead when the answer arrives.
-        self._lead = LEAD if math.isfinite(late) else 0.0
+        # A send that may not start late, on a limit other processes share, gets slots still
+        # ahead when the answer arrives. (Alone, a send may start late: nobody's slot comes next.)
+        self._lead = LEAD if math.isfinite(late) and store.shared else 0.0
         self._asks: list[_Ask] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -245,8 +242,6 @@ class Limiter:
         self.held_until = 0.0  # no send before then (monotonic): a flood answer came
         self._capped_until = 0.0
         self._next_forget = 0.0
-        self._end = -math.inf  # where this process's last grant ended (store's clock)
-        self._shared_until = 0.0  # another process granted slots of this limit lately
         self.started = 0.0  # when the last send paced here started (monotonic)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -268,9 +263,10 @@ class Limiter:
             record_wait(self.name, at - asked)
         return at
 
-    def shared(self, now: float) -> bool:
-        """Another process took slots of this limit in the last ``SHARED_SEEN`` seconds."""
-        return now < self._shared_until
+    @property
+    def shared(self) -> bool:
+        """Other processes may take slots of this limit (the store is PostgreSQL)."""
+        return self._store.shared
 
     def _from_pool(self, now: float) -> float | None:
         """A slot taken ahead; those already past (nobody asked in time) are lost."""
@@ -354,9 +350,6 @@ class Limiter:
             self._fail(batch, exc)
             return
         offset = self._offset.update(*granted.read, granted.now)
-        if granted.start > max(self._end, granted.now + self._lead) + 1e-6:
-            self._shared_until = granted.read[1] + SHARED_SEEN  # slots went to someone else
-        self._end = granted.end
         for ask, answer in zip(batch, granted.answers, strict=False):
             self._answer(ask, answer, granted, offset)
         for answer in granted.answers[len(batch) :]:
@@ -402,7 +395,7 @@ async def sleep_until(at: float) -> None:
 
 async def pace(limiter: Limiter, party: Party | None = None) -> None:
     """Return when one send (to ``party``) may start: at its slot. A slot this process wakes
-    for more than ``limiter.late`` after it (the event loop was busy) is given up while other
+    for more than ``limiter.late`` after it (the event loop was busy) is given up where other
     processes share the limit, and another asked for: sent late, the message would come too
     close to the next slot, which another replica sends on time. After two such slots the third
     is used however late (an overloaded process still sends). Alone, a late send goes, but not
@@ -415,7 +408,7 @@ async def pace(limiter: Limiter, party: Party | None = None) -> None:
         if now < limiter.held_until:
             continue
         late = now - at > limiter.late
-        if late and attempt < 2 and limiter.shared(now):
+        if late and attempt < 2 and limiter.shared:
             log.debug("slot given up limiter=%s late_seconds=%.3f", limiter.name, now - at)
             continue
         # taken before waiting, so that two overdue sends of this process space out, too

@@ -63,6 +63,7 @@ class DatabaseSlots:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._clock = clock
         self._postgresql = engine.dialect.name == "postgresql"
+        self.shared = self._postgresql  # replicas; SQLite serves one process
         self._insert: Any = postgresql_insert if self._postgresql else sqlite_insert
         self._created: set[str] = set()
 
@@ -77,7 +78,7 @@ class DatabaseSlots:
             times = slots(taken, limit)
             reserving = sends(asks, times)
             busy = await self._reserve(conn, key, reserving) if reserving else {}
-        return answer(taken, limit, asks, times, busy)
+        return answer(taken, asks, times, busy)
 
     async def _take(
         self, conn: AsyncConnection, key: str, count: int, limit: RateLimit, lead: float
@@ -204,16 +205,18 @@ class MemorySlots:
     """Its clock is the wall clock, so days are UTC days. No call awaits anything, so each is
     atomic in the event loop."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, shared: bool = False) -> None:
+        """``shared``: stands in for rows several processes share (tests)."""
         self.rows: dict[str, MemoryRow] = {}
         self._clock = clock
+        self.shared = shared
 
     async def grant(
         self, key: str, limit: RateLimit, asks: Sequence[Party | None], lead: float = 0.0
     ) -> Grant:
         taken = self._take(key, len(asks), limit, lead)
         times = slots(taken, limit)
-        return answer(taken, limit, asks, times, self._reserve(key, sends(asks, times)))
+        return answer(taken, asks, times, self._reserve(key, sends(asks, times)))
 
     def _take(self, key: str, count: int, limit: RateLimit, lead: float) -> Taken:
         state = self.rows.setdefault(key, MemoryRow())
