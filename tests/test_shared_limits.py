@@ -93,7 +93,7 @@ async def stores(store_url: str | None) -> AsyncIterator[StoreFactory]:
         rows: dict[str, MemoryRow] = {}
 
         def memory(clock: Clock | None) -> SlotStore:
-            store = MemorySlots(clock) if clock else MemorySlots()
+            store = MemorySlots(clock, shared=True) if clock else MemorySlots(shared=True)
             store.rows = rows
             return store
 
@@ -107,7 +107,7 @@ async def stores(store_url: str | None) -> AsyncIterator[StoreFactory]:
 
     def database(clock: Clock | None) -> SlotStore:
         engines.append(create_engine(url))
-        return DatabaseSlots(engines[-1], clock=clock)
+        return DatabaseSlots(engines[-1], clock=clock, shared=True)  # SQLite as if shared
 
     yield database
     for engine in engines:

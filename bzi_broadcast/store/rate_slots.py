@@ -58,12 +58,20 @@ class DatabaseSlots:
     """``clock`` replaces the database's clock (seconds since 1970): for tests that cross a
     midnight."""
 
-    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Callable[[], float] | None = None,
+        *,
+        shared: bool | None = None,
+    ) -> None:
+        """``shared`` (default: on PostgreSQL, where replicas are): parties are reserved here.
+        One process alone (SQLite) keeps its parties apart itself (``Limiter``)."""
         self.engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._clock = clock
         self._postgresql = engine.dialect.name == "postgresql"
-        self.shared = self._postgresql  # replicas; SQLite serves one process
+        self.shared = self._postgresql if shared is None else shared
         self._insert: Any = postgresql_insert if self._postgresql else sqlite_insert
         self._created: set[str] = set()
 
@@ -76,7 +84,7 @@ class DatabaseSlots:
         async with self._autocommit.connect() as conn:
             taken = await self._take(conn, key, len(asks), limit, lead)
             times = slots(taken, limit)
-            reserving = sends(asks, times)
+            reserving = sends(asks, times) if self.shared else []
             busy = await self._reserve(conn, key, reserving) if reserving else {}
         return answer(taken, asks, times, busy)
 
