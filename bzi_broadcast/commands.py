@@ -2,9 +2,8 @@
 and users (``status`` is in status.py). Each opens the configured database, does one thing, and
 prints the result.
 
-Only the settings and the database engine are imported with this module (status.py builds on
-it); every handler imports what else it needs itself, so a command loads its own modules only
-(tests/test_cli_imports.py).
+Only the settings and the database engine are imported with this module; every handler imports
+what else it needs itself, so a command loads its own modules only (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -18,33 +17,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bzi_broadcast.config import load_settings
+from bzi_broadcast.config import settings_of
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.i18n import ngettext
-from bzi_broadcast.store.engine import create_engine, migrate, sqlite_at_head
+from bzi_broadcast.store.engine import create_engine, migrate
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from bzi_broadcast.config import Settings
     from bzi_broadcast.staff.permissions import Operator
 
 T = TypeVar("T")
 ACTOR = "cli"
 CSV_MAX_BYTES = 8 * 1024 * 1024  # as much as the API's import takes
-
-
-def settings_of(args: argparse.Namespace, *, signing: bool = False) -> Settings:
-    """The configured settings; ``signing``: this command signs (links, forms, hashes), so
-    ``security.secret_key`` must be set."""
-    settings = load_settings(args.config, signing=signing)
-    if getattr(args, "database", None):
-        settings = settings.model_copy(
-            update={"database": settings.database.model_copy(update={"url": args.database})}
-        )
-    return settings
 
 
 def with_engine(args: argparse.Namespace, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
@@ -57,26 +43,6 @@ def with_engine(args: argparse.Namespace, work: Callable[[AsyncEngine], Awaitabl
             await engine.dispose()
 
     return asyncio.run(run())
-
-
-def read_database(args: argparse.Namespace, read: Callable[[Connection], T]) -> T:
-    """``read`` (synchronous SQL) on the configured database. A SQLite file at the newest
-    migration is read straight away (``sqlite_at_head``: no ORM or aiosqlite to import); anything
-    else the usual way, through ``with_engine`` (migrated first, errors reported as ever)."""
-    quick = sqlite_at_head(settings_of(args).database.url)
-    if quick is None:
-        return with_engine(args, lambda engine: read_async(engine, read))
-    try:
-        with quick.connect() as connection:
-            return read(connection)
-    finally:
-        quick.dispose()
-
-
-async def read_async(engine: AsyncEngine, read: Callable[[Connection], T]) -> T:
-    """``read`` on one of ``engine``'s connections (SQLAlchemy runs it in a greenlet)."""
-    async with engine.connect() as connection:
-        return await connection.run_sync(read)
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ Every problem is reported at once, naming the setting; secrets never appear in r
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import os
@@ -24,8 +25,6 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from bzi_broadcast.errors import ConfigError
 from bzi_broadcast.files import FileRefused, read_capped
@@ -52,17 +51,18 @@ class Organisation(_Section):
     feed_domain: str = "bzi.example.org"
 
 
+# sqlite:///file, postgresql://… or postgres://…, with or without a driver (+asyncpg); checked
+# without SQLAlchemy so that reading the settings stays light (``status``).
+_DATABASE_URL = re.compile(r"(sqlite|postgresql|postgres)(\+\w+)?://")
+
+
 class DatabaseSettings(_Section):
     url: str = "sqlite:///data/bzi-broadcast.sqlite3"
 
     @field_validator("url")
     @classmethod
     def _supported(cls, url: str) -> str:
-        try:
-            backend = make_url(url).get_backend_name()
-        except ArgumentError:
-            backend = None
-        if backend not in ("sqlite", "postgresql", "postgres"):
+        if not _DATABASE_URL.match(url):
             raise ValueError(
                 _(
                     "keine gültige Datenbank-URL (erwartet sqlite:///pfad/datei.sqlite3 oder "
@@ -291,6 +291,17 @@ RenderSettings = Settings  # the renderers read templates_dir and organisation o
 
 SECRET_WORDS = ("password", "secret", "token", "key")
 IGNORED_VARIABLES = frozenset({"BZI_LANG", "BZI_LOG_LEVEL"})
+
+
+def settings_of(args: argparse.Namespace, *, signing: bool = False) -> Settings:
+    """The configured settings; ``signing``: this command signs (links, forms, hashes), so
+    ``security.secret_key`` must be set."""
+    settings = load_settings(args.config, signing=signing)
+    if getattr(args, "database", None):
+        settings = settings.model_copy(
+            update={"database": settings.database.model_copy(update={"url": args.database})}
+        )
+    return settings
 
 
 def load_settings(

@@ -33,11 +33,11 @@ from bzi_broadcast import logs
 from bzi_broadcast.config import Settings
 from bzi_broadcast.content import load_announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
-from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.errors import BroadcastError, NotFoundError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff import workflow
 from bzi_broadcast.staff.accounts import Role, User, add_user, user_by_email
-from bzi_broadcast.store.announcements import NotFoundError, utcnow
+from bzi_broadcast.store.announcements import utcnow
 from bzi_broadcast.store.engine import migrate
 from bzi_broadcast.subscribers.bot_store import BotSubscribers
 from bzi_broadcast.subscribers.store import ImportLine, ImportOptions, ImportReport, import_lines

@@ -24,6 +24,10 @@ class BroadcastError(Exception):
         return str(self.args[0])
 
 
+class NotFoundError(BroadcastError):
+    """Nicht gefunden."""
+
+
 class ConfigError(BroadcastError):
     """Die Konfiguration ist ungültig."""
 

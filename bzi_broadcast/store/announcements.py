@@ -11,6 +11,9 @@ from sqlalchemy import func, insert, select, update
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, sources_of
 from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.errors import (
+    NotFoundError as NotFoundError,  # raised here: callers may catch it from here
+)
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.store.schema import announcement_events, announcement_topics, announcements
@@ -19,10 +22,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from bzi_broadcast.content.model import Announcement
-
-
-class NotFoundError(BroadcastError):
-    """Nicht gefunden."""
 
 
 class TransitionError(BroadcastError):

@@ -6,25 +6,23 @@ async drivers (aiosqlite, asyncpg). Driver and connection errors become ``StoreE
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, event
-from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from bzi_broadcast.errors import BroadcastError
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
+from bzi_broadcast.store.quick import MIGRATIONS, head_revisions
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 DEFAULT_URL = "sqlite:///data/bzi-broadcast.sqlite3"
-MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class StoreError(BroadcastError):
@@ -171,52 +169,6 @@ def at_head(connection: Connection) -> bool:
     except DBAPIError:
         return False
     return {row[0] for row in rows} == head_revisions()
-
-
-def sqlite_at_head(url: str) -> Engine | None:
-    """A synchronous engine on the SQLite file of ``url`` (the standard library's driver) if that
-    file is at the newest migration: a short command reads it without loading aiosqlite, greenlet
-    or SQLAlchemy's ORM (which its asyncio extension imports), about a quarter of its start.
-    None for PostgreSQL, a file not there yet, one that needs migrating or cannot be opened: the
-    caller takes the usual way, ``create_engine`` and ``migrate``, which reports errors as ever."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return None
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or not Path(database).is_file():
-        return None
-    engine = create_sync_engine(parsed.set(drivername="sqlite"), connect_args={"timeout": 30})
-    try:
-        with engine.connect() as connection:
-            if at_head(connection):
-                return engine
-    except DBAPIError:
-        pass
-    engine.dispose()
-    return None
-
-
-_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
-_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
-_QUOTED = re.compile(r"""["']([^"']+)["']""")
-
-
-def head_revisions() -> set[str]:
-    """The newest revisions, read from the migration files' ``revision`` and ``down_revision``
-    lines (as alembic's script template writes them) without importing alembic: a revision no
-    other one revises. tests/test_cli_imports.py holds this to alembic's own answer."""
-    revisions: set[str] = set()
-    revised: set[str] = set()
-    for script in (MIGRATIONS / "versions").glob("*.py"):
-        text = script.read_text(encoding="utf-8")
-        revision = _REVISION.search(text)
-        if revision is None:
-            continue
-        revisions.update(_QUOTED.findall(revision.group(1)))
-        down = _DOWN_REVISION.search(text)
-        revised.update(_QUOTED.findall(down.group(1)) if down else ())
-    return revisions - revised
 
 
 def _reason(exc: BaseException) -> str:

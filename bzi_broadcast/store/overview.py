@@ -1,70 +1,74 @@
 """What ``bzi-broadcast status`` shows: each announcement with its deliveries counted per channel
-and state, and which channels are paused — one synchronous read over a SQLAlchemy ``Connection``.
+and state, and which channels are paused.
 
-Synchronous so that the command line can read a SQLite file without aiosqlite, greenlet or
-SQLAlchemy's ORM (``store.engine.sqlite_at_head``); an ``AsyncConnection`` runs the same function
-through ``run_sync`` (PostgreSQL, a database to migrate first, the live view). Read only; this
-module imports no content model and nothing of delivery beyond the status names.
+Three plain SQL statements that SQLite and PostgreSQL read alike, run through an ``Execute``: the
+standard library's ``sqlite3`` for a SQLite file at the newest migration (``store.quick``: the
+command then imports no SQLAlchemy at all), or a SQLAlchemy connection for everything else
+(PostgreSQL, the live view). Read only; this module imports nothing beyond the status names.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Connection, func, select
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus, DeliveryStatus
+from bzi_broadcast.errors import NotFoundError
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.store.announcements import NotFoundError
-from bzi_broadcast.store.schema import announcements, channel_state, deliveries
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 Row = dict[str, Any]
+# One statement with its named parameters (":id", as sqlite3 and SQLAlchemy's text() both take
+# them) → its rows as tuples.
+Execute = Callable[[str, Mapping[str, Any]], Iterable[Sequence[Any]]]
+
+_ANNOUNCEMENTS = "SELECT id, title, status, publish_at FROM announcements {where} ORDER BY id"
+_COUNTS = (
+    "SELECT announcement_id, channel, status, count(*) FROM deliveries {where} "
+    "GROUP BY announcement_id, channel, status ORDER BY announcement_id, channel"
+)
+_PAUSED = "SELECT channel, reason FROM channel_state WHERE paused"
 
 
-def overview(connection: Connection, announcement_id: int | None = None) -> list[Row]:
+def on_connection(connection: Connection) -> Execute:
+    """An ``Execute`` over a SQLAlchemy connection (PostgreSQL, or SQLite through aiosqlite)."""
+    from sqlalchemy import text
+
+    return lambda sql, parameters: connection.execute(text(sql), parameters).all()
+
+
+def overview(execute: Execute, announcement_id: int | None = None) -> list[Row]:
     """Every announcement (by id), or the one asked for (``NotFoundError`` if there is none):
     id, title, status, publish_at (ISO 8601) and per channel the counts, the total and the pause."""
-    query = select(
-        announcements.c.id,
-        announcements.c.title,
-        announcements.c.status,
-        announcements.c.publish_at,
-    ).order_by(announcements.c.id)
-    if announcement_id is not None:
-        query = query.where(announcements.c.id == announcement_id)
-    rows = connection.execute(query).all()
-    if announcement_id is not None and not rows:
+    one = {"id": announcement_id} if announcement_id is not None else {}
+    rows = list(execute(_ANNOUNCEMENTS.format(where="WHERE id = :id" if one else ""), one))
+    if one and not rows:
         raise NotFoundError(_("Ankündigung {id} gibt es nicht").format(id=announcement_id))
-    counts = _counts(connection, announcement_id)
-    paused = _paused(connection)
+    where = "WHERE announcement_id = :id" if one else ""
+    counts = _counts(execute(_COUNTS.format(where=where), one))
+    paused = {row[0]: row[1] for row in execute(_PAUSED, {})}
     return [
         {
-            "id": row.id,
-            "title": row.title,
-            "status": str(AnnouncementStatus(row.status)),
-            "publish_at": row.publish_at.isoformat() if row.publish_at else None,
+            "id": id_,
+            "title": title,
+            "status": str(AnnouncementStatus(status)),
+            "publish_at": _utc(publish_at).isoformat() if publish_at else None,
             "channels": {
                 channel: {**tally, "paused": channel in paused, "pause_reason": paused.get(channel)}
-                for channel, tally in counts.get(row.id, {}).items()
+                for channel, tally in counts.get(id_, {}).items()
             },
         }
-        for row in rows
+        for id_, title, status, publish_at in rows
     ]
 
 
-def _counts(connection: Connection, announcement_id: int | None) -> dict[int, dict[str, Row]]:
+def _counts(rows: Iterable[Sequence[Any]]) -> dict[int, dict[str, Row]]:
     """Per announcement and channel: how many deliveries are in each state, and the total."""
-    query = (
-        select(
-            deliveries.c.announcement_id, deliveries.c.channel, deliveries.c.status, func.count()
-        )
-        .group_by(deliveries.c.announcement_id, deliveries.c.channel, deliveries.c.status)
-        .order_by(deliveries.c.announcement_id, deliveries.c.channel)
-    )
-    if announcement_id is not None:
-        query = query.where(deliveries.c.announcement_id == announcement_id)
     result: dict[int, dict[str, Row]] = {}
-    for announcement, channel, status, count in connection.execute(query):
+    for announcement, channel, status, count in rows:
         channels = result.setdefault(announcement, {})
         tally = channels.setdefault(channel, {str(state): 0 for state in DeliveryStatus})
         tally[str(DeliveryStatus(status))] = count
@@ -74,7 +78,9 @@ def _counts(connection: Connection, announcement_id: int | None) -> dict[int, di
     return result
 
 
-def _paused(connection: Connection) -> dict[str, str | None]:
-    """The paused channels and why."""
-    query = select(channel_state.c.channel, channel_state.c.reason).where(channel_state.c.paused)
-    return {row.channel: row.reason for row in connection.execute(query)}
+def _utc(moment: datetime | str) -> datetime:
+    """A stored moment as an aware UTC datetime: the SQLite driver gives the text SQLAlchemy wrote
+    (UTC without an offset, ``store.schema.UTCDateTime``), PostgreSQL an aware datetime."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

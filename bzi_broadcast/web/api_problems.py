@@ -17,11 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
-from bzi_broadcast.errors import BroadcastError, ContentError
+from bzi_broadcast.errors import BroadcastError, ContentError, NotFoundError
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff.workflow import NotAllowed, StaleEdit
-from bzi_broadcast.store.announcements import NotFoundError, TransitionError
+from bzi_broadcast.store.announcements import TransitionError
 
 log = logging.getLogger(__name__)
 

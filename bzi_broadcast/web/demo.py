@@ -19,10 +19,9 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from bzi_broadcast.demo import DemoState, LocalServers, send_example
-from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.errors import BroadcastError, NotFoundError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff import workflow
-from bzi_broadcast.store.announcements import NotFoundError
 from bzi_broadcast.testing.telegram import Sent
 from bzi_broadcast.web.app import check_csrf, context_of, csrf_token, page
 

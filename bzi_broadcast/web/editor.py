@@ -20,13 +20,13 @@ from aiohttp import web
 
 from bzi_broadcast.content.model import LOCAL_TZ, Announcement
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
-from bzi_broadcast.errors import BroadcastError
+from bzi_broadcast.errors import BroadcastError, NotFoundError
 from bzi_broadcast.i18n import gettext as _
 from bzi_broadcast.staff import media, workflow
 from bzi_broadcast.staff.accounts import User
 from bzi_broadcast.staff.permissions import Action, check
 from bzi_broadcast.staff.workflow import Draft, NotAllowed, StaleEdit
-from bzi_broadcast.store.announcements import NotFoundError, TransitionError
+from bzi_broadcast.store.announcements import TransitionError
 from bzi_broadcast.web import editor_form as forms
 from bzi_broadcast.web import editor_problems as problems
 from bzi_broadcast.web import media_pages
