@@ -10,7 +10,6 @@ through the engine. No content, rendering, staff, web or channel module (tests/t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -79,10 +78,21 @@ def _print_status(row: dict[str, Any]) -> None:
             ).format(channel=name, **c)
             + paused
         )
+    reports = row.get("reports") or {}
+    if any(reports.values()):  # read back from the bounce mailbox (bzi_broadcast/bounces)
+        print(
+            "  "
+            + _(
+                "Rückmeldungen: {hard} unzustellbar, {soft} vorübergehend unzustellbar, "
+                "{complaint} Beschwerden"
+            ).format(**reports)
+        )
 
 
 def _watch(args: argparse.Namespace) -> int:
     """A live progress bar with rate and ETA until the announcement finishes (Ctrl-C ends)."""
+
+    import asyncio  # only here: the one-shot read needs no event loop on SQLite
 
     async def loop(engine: AsyncEngine) -> None:
         start, first_sent = time.monotonic(), None
