@@ -19,7 +19,7 @@ from bzi_broadcast.content.model import Block
 from bzi_broadcast.errors import TemplateError
 from bzi_broadcast.i18n import N_
 from bzi_broadcast.i18n import gettext as _
-from bzi_broadcast.render import filters, markup
+from bzi_broadcast.render import colours, filters, markup
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 _ESCAPED_SUFFIXES = (".html.j2", ".atom.j2", ".xml.j2")
@@ -93,6 +93,7 @@ def _filters() -> dict[str, Callable[..., Any]]:
         "iso8601": filters.iso8601,
         "paragraphs": filters.paragraphs,
         "nl2br": filters.nl2br,
+        "readable_on": colours.readable_on,
     }
 
 
