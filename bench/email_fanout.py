@@ -11,10 +11,11 @@ In the same run, right before and right after each database's fan-out, it measur
 ``smtp-source`` (C; 8 sessions, connections reused, the same message size) into the same sink, and
 prints our rate as a ratio of the mean of the two (the machine's load may change meanwhile).
 With ``--profile DIR`` each serve process is sampled by py-spy during the big fan-out and the CPU
-time per message is printed by stage (``bench.email_stages``).
+time per message is printed by stage (``bench.email_stages``). With ``--dkim`` every message is
+signed with a fresh RSA-2048 key (``email.dkim_*``; add ``--ed25519`` for the second signature).
 
     .venv/bin/python -m bench.email_fanout [--subscribers 100000] [--databases sqlite,postgresql]
-        [--workers 2] [--profile DIR]
+        [--workers 2] [--profile DIR] [--dkim [--ed25519]]
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ SINK, SOURCE = (
 PY_SPY = Path(sys.executable).with_name("py-spy")
 PROFILE_RATE = 100  # py-spy samples per second
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+SERVE_ENV: dict[str, str] = {}  # settings every serve process gets besides the defaults (--dkim)
 
 
 def require_postfix() -> None:
@@ -167,6 +169,7 @@ def serve(url: str, port: int, workdir: Path, index: int) -> subprocess.Popen[by
         "BZI_DELIVERY_POLL_INTERVAL": "0.2",
         "BZI_DELIVERY_SWEEP_INTERVAL": "0.5",
         "BZI_WEB_PORT": "0",
+        **SERVE_ENV,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "bzi_broadcast", "serve"],
@@ -363,8 +366,14 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--workers", type=int, default=2, help="serve processes on PostgreSQL")
     parser.add_argument("--profile", type=Path, help="py-spy each serve process, stacks here")
+    parser.add_argument("--dkim", action="store_true", help="sign with a fresh RSA-2048 key")
+    parser.add_argument("--ed25519", action="store_true", help="with --dkim: an Ed25519 one too")
     args = parser.parse_args()
     require_postfix()
+    keys = tempfile.TemporaryDirectory()
+    signing = ("RSA + Ed25519" if args.ed25519 else "RSA") if args.dkim else "off"
+    if args.dkim:
+        SERVE_ENV.update(dkim_environment(Path(keys.name), ed25519=args.ed25519))
     size = len(Renderer().email(load_announcement(EXAMPLE)).html) * 2
     port = free_port()
     sink = start_sink(port)
@@ -372,6 +381,7 @@ def main() -> None:
         print(
             f"bench/email_fanout  machine: {platform.machine()} {os.cpu_count()} cores, "
             f"python {platform.python_version()}, subscribers: {args.subscribers}, "
+            f"DKIM: {signing}, "
             f"load average {os.getloadavg()[0]:.1f}"
         )
         for kind in args.databases.split(","):
@@ -379,6 +389,25 @@ def main() -> None:
             measure_database(kind, workers, port, size, args)
     finally:
         sink.terminate()
+        keys.cleanup()
+
+
+def dkim_environment(directory: Path, *, ed25519: bool) -> dict[str, str]:
+    """A throwaway key pair per run, handed to serve as secret files."""
+    keys = {"rsa": "BZI_EMAIL_DKIM_PRIVATE_KEY_FILE"}
+    if ed25519:
+        keys["ed25519"] = "BZI_EMAIL_DKIM_ED25519_PRIVATE_KEY_FILE"
+    env = {"BZI_EMAIL_DKIM_DOMAIN": "bzi.example.org", "BZI_EMAIL_DKIM_SELECTOR": "bench"}
+    if ed25519:
+        env["BZI_EMAIL_DKIM_ED25519_SELECTOR"] = "benched"
+    for kind, variable in keys.items():
+        path = directory / f"{kind}.pem"
+        command = ["dkim", "keygen", str(path), *(["--ed25519"] if kind == "ed25519" else [])]
+        subprocess.run(
+            [sys.executable, "-m", "bzi_broadcast", *command], check=True, stdout=subprocess.DEVNULL
+        )
+        env[variable] = str(path)
+    return env
 
 
 def measure_database(

@@ -23,7 +23,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("claim", ("Outbox.claim ",)),
     ("outcome write", ("Outbox.record ", "_write_outcomes ", "write_outcomes")),
     ("rendering (once per announcement)", ("EmailChannel.prepare ",)),
-    ("DKIM", ("sign_dkim ", "dkim/")),
+    ("DKIM", ("sign_dkim ", "dkim/", "channels/dkim.py", "cryptography/")),
     (
         "per-recipient fill",
         (

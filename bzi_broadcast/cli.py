@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="BEFEHL")
     _add_preview(commands)
     _add_operations(commands)
+    _add_dkim(commands)
     return parser
 
 
@@ -145,6 +146,21 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     erase.add_argument("email", metavar="E-MAIL")
     erase.add_argument("--database", metavar="URL")
     erase.set_defaults(handler=lazy(OPS, "run_erase"))
+
+
+def _add_dkim(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dkim = commands.add_parser("dkim", help=_("DKIM: DNS-Einträge zeigen, Schlüssel erzeugen"))
+    dkim_commands = dkim.add_subparsers(dest="subcommand", required=True, metavar="BEFEHL")
+    record = dkim_commands.add_parser(
+        "record", help=_("zeigt die DNS-TXT-Einträge der konfigurierten DKIM-Schlüssel")
+    )
+    record.set_defaults(handler=lazy("bzi_broadcast.dkim_record", "run_record"))
+    keygen = dkim_commands.add_parser(
+        "keygen", help=_("schreibt einen neuen privaten Schlüssel (Datei mit Rechten 0600)")
+    )
+    keygen.add_argument("file", type=Path, metavar="DATEI")
+    keygen.add_argument("--ed25519", action="store_true", help=_("Ed25519 statt RSA mit 2048 Bit"))
+    keygen.set_defaults(handler=lazy("bzi_broadcast.dkim_record", "run_keygen"))
 
 
 def _add_preview(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

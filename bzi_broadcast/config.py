@@ -23,6 +23,7 @@ from pydantic import (
     IPvAnyNetwork,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -89,6 +90,10 @@ class SmtpSettings(_Section):
     verify_tls: bool = True
 
 
+_DNS_LABELS = r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*$"
+_DNS_NAME = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})+$"
+
+
 class EmailSettings(_Section):
     from_address: str = "newsletter@bzi.example.org"
     from_name: str = "BZI-Newsletter"
@@ -96,6 +101,26 @@ class EmailSettings(_Section):
     list_id: str = "newsletter.bzi.example.org"
     unsubscribe_mailto: str | None = None
     public_url: str = "http://127.0.0.1:8080"
+    # DKIM (RFC 6376): domain, selector and an RSA key (2048 bit or more, PEM) sign every mail;
+    # an Ed25519 key (RFC 8463) with a selector of its own adds a second signature.
+    dkim_domain: str | None = Field(default=None, pattern=_DNS_NAME)
+    dkim_selector: str | None = Field(default=None, pattern=_DNS_LABELS)
+    dkim_private_key: SecretStr | None = None
+    dkim_ed25519_selector: str | None = Field(default=None, pattern=_DNS_LABELS)
+    dkim_ed25519_private_key: SecretStr | None = None
+
+    @field_validator("dkim_private_key", "dkim_ed25519_private_key")
+    @classmethod
+    def _usable_key(cls, key: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if key is not None:  # the signing module (cryptography) only when a key is set
+            from bzi_broadcast.channels.dkim import load_private_key
+
+            kind: Literal["rsa", "ed25519"] = (
+                "ed25519" if "ed25519" in (info.field_name or "") else "rsa"
+            )
+            load_private_key(key.get_secret_value().encode(), kind)
+        return key
+
 
 
 class DeliverySettings(_Section):
@@ -281,6 +306,8 @@ class Settings(_Section):
             self.telegram.webhook_secret,
             self.security.secret_key,
             self.web.metrics_token,
+            self.email.dkim_private_key,
+            self.email.dkim_ed25519_private_key,
         ]
         found = [v.get_secret_value() for v in values if v is not None]
         password = _url_password(self.database.url)
@@ -324,6 +351,7 @@ def load_settings(
         problems.extend(_describe(e, origins) for e in exc.errors())
     else:
         problems.extend(_missing_credentials(settings))
+        problems.extend(_incomplete_dkim(settings.email))
     if problems:
         raise ConfigError("\n".join(problems))
     return settings
@@ -561,6 +589,29 @@ def _missing_credentials(settings: Settings) -> list[str]:
         for enabled, value, section, key in needed
         if enabled and value is None
     ]
+
+
+def _incomplete_dkim(email: EmailSettings) -> list[str]:
+    """DKIM needs domain, selector and RSA key together; the Ed25519 pair is an addition."""
+    core = ("dkim_domain", "dkim_selector", "dkim_private_key")
+    extra = ("dkim_ed25519_selector", "dkim_ed25519_private_key")
+    given = [key for key in (*core, *extra) if getattr(email, key) is not None]
+    wanted = [*core, *extra] if set(given) & set(extra) else list(core) if given else []
+    needed = ", ".join(f"email.{key}" for key in wanted)
+    problems = [
+        _("email.{key}: fehlt – DKIM braucht {needed}{file}").format(
+            key=key,
+            needed=needed,
+            file=f" (BZI_EMAIL_{key.upper()}_FILE)" if key.endswith("_key") else "",
+        )
+        for key in wanted
+        if key not in given
+    ]
+    if email.dkim_selector and email.dkim_selector == email.dkim_ed25519_selector:
+        problems.append(
+            _("email.dkim_ed25519_selector: muss sich von email.dkim_selector unterscheiden")
+        )
+    return problems
 
 
 def _safe_value(where: str, value: Any) -> str:

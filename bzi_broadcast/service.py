@@ -29,6 +29,7 @@ from telegram import Bot
 from telegram.request import HTTPXRequest
 
 from bzi_broadcast.channels.base import Channel
+from bzi_broadcast.channels.dkim import configured_signer
 from bzi_broadcast.channels.email import EmailChannel, EmailSettings
 from bzi_broadcast.channels.email_mime import Sender
 from bzi_broadcast.channels.mastodon import MastodonBudgets, MastodonChannel
@@ -101,6 +102,7 @@ def email_channel(settings: Settings, renderer: Renderer, slots: SlotStore) -> E
         public_url=e.public_url,
         list_id=e.list_id,
         unsubscribe_mailto=e.unsubscribe_mailto,
+        dkim=configured_signer(e),
     )
     limiter = Limiter(
         slots,

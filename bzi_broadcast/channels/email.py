@@ -11,9 +11,10 @@ from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
 
 from bzi_broadcast.channels.base import Receipt
-from bzi_broadcast.channels.email_mime import DkimKey, MessageTemplate, Sender, sign_dkim
+from bzi_broadcast.channels.dkim import DkimSigner
+from bzi_broadcast.channels.email_mime import MessageTemplate, Sender
 from bzi_broadcast.channels.images import read_local_image
-from bzi_broadcast.channels.smtp import PIPELINE_DEPTH, SmtpPool, SmtpServer, data_bytes
+from bzi_broadcast.channels.smtp import PIPELINE_DEPTH, SmtpPool, SmtpServer
 from bzi_broadcast.delivery.outbox import Claimed
 from bzi_broadcast.delivery.ratelimit import Limiter, pace
 from bzi_broadcast.render import Renderer
@@ -30,7 +31,7 @@ class EmailSettings:
     public_url: str  # where the unsubscribe and preferences pages live
     list_id: str
     unsubscribe_mailto: str | None = None
-    dkim: DkimKey | None = None
+    dkim: DkimSigner | None = None
     image_root: Path | None = None  # local announcement images are read from here
 
 
@@ -66,6 +67,7 @@ class EmailChannel:
             unsubscribe_mailto=self._settings.unsubscribe_mailto,
             inline_image=image,
             inline_image_type=_image_type(rendition.inline_image) if image else None,
+            dkim=self._settings.dkim,
         )
 
     async def send(self, prepared: MessageTemplate, delivery: Claimed) -> Receipt:
@@ -85,11 +87,8 @@ class EmailChannel:
         return Receipt(remote_id=reply[:200] or None)
 
     def _data(self, prepared: MessageTemplate, **recipient: str) -> bytes:
-        """One recipient's message in its DATA form. With a DKIM key (issue 15 makes it
-        configurable) the per-recipient signature header goes on the filled message first."""
-        if self._settings.dkim:
-            signed = sign_dkim(prepared.fill(**recipient), self._settings.dkim)
-            return data_bytes(signed)
+        """One recipient's message in its DATA form; with DKIM keys the template signs it
+        (the fixed parts were canonicalised and hashed when it was prepared)."""
         return prepared.fill_data(**recipient)
 
     async def send_single(self, to: str, subject: str, html: str, text: str) -> None:
@@ -107,7 +106,7 @@ class EmailChannel:
         message.add_alternative(html, subtype="html")
         data = message.as_bytes()
         if self._settings.dkim:
-            data = sign_dkim(data, self._settings.dkim)
+            data = self._settings.dkim.sign(data)
         await pace(self.limiter)
         await self._pool.send(self._settings.sender.address, to, data)
 

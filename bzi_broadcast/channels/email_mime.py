@@ -13,7 +13,7 @@ import io
 import re
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.generator import BytesGenerator
 from email.headerregistry import Address
@@ -23,6 +23,7 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import SMTP
 from email.utils import format_datetime
 
+from bzi_broadcast.channels.dkim import DKIM_HEADERS, DkimKey, DkimSigner
 from bzi_broadcast.channels.smtp import data_bytes
 from bzi_broadcast.render.email import INLINE_IMAGE_CID
 from bzi_broadcast.render.renditions import (
@@ -41,18 +42,7 @@ _PRINTABLE = re.compile(rb"[!-~]*")  # bytes 33..126: QP-safe but for "="
 _UNSAFE_URL = re.compile(rb"[\s<>\"]")
 _UNSUBSCRIBE = UNSUBSCRIBE_PLACEHOLDER.encode()
 _PREFERENCES = PREFERENCES_PLACEHOLDER.encode()
-DKIM_HEADERS = (
-    b"from",
-    b"to",
-    b"subject",
-    b"date",
-    b"message-id",
-    b"list-id",
-    b"list-unsubscribe",
-    b"list-unsubscribe-post",
-    b"mime-version",
-    b"content-type",
-)
+__all__ = ["DKIM_HEADERS", "DkimKey", "MessageTemplate", "Sender", "sign_dkim"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,13 +50,6 @@ class Sender:
     address: str
     name: str | None = None
     reply_to: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class DkimKey:
-    domain: str
-    selector: str
-    private_key: bytes = field(repr=False)
 
 
 def _single_line(value: str, what: str) -> str:
@@ -81,6 +64,7 @@ class MessageTemplate:
         segments: tuple[bytes, ...],
         list_unsubscribe_mailto: bytes | None,
         message_id_domain: str,
+        dkim: DkimSigner | None = None,
     ) -> None:
         self._segments = segments  # even indices: fixed bytes; odd: a slot name
         self._slots = tuple((i, segments[i]) for i in range(1, len(segments), 2))
@@ -91,6 +75,8 @@ class MessageTemplate:
         whole = b"".join(segments)
         clean = whole.count(b"\n") == whole.count(b"\r\n") == whole.count(b"\r")
         self._wire = tuple(_stuffed(s) for s in segments) if clean else None
+        # DKIM: the fixed headers and body pieces canonicalised and hashed once
+        self._dkim = dkim.prepare(segments) if dkim else None
 
     @classmethod
     def build(
@@ -104,6 +90,7 @@ class MessageTemplate:
         inline_image: bytes | None = None,
         inline_image_type: str | None = None,
         date: datetime | None = None,
+        dkim: DkimSigner | None = None,
     ) -> MessageTemplate:
         root = _body(rendition, inline_image, inline_image_type)
         root["From"] = str(
@@ -126,6 +113,7 @@ class MessageTemplate:
             tuple(_SLOTS.split(buffer.getvalue())),
             mailto.encode() if mailto else None,
             message_id_domain,
+            dkim,
         )
 
     def fill(
@@ -136,6 +124,8 @@ class MessageTemplate:
         parts = list(self._segments)
         for index, name in self._slots:
             parts[index] = slots[name]
+        if self._dkim is not None:
+            head = self._dkim.headers(head, [slots[name] for _i, name in self._slots]) + head
         return head + b"".join(parts)
 
     def fill_data(
@@ -154,6 +144,8 @@ class MessageTemplate:
                 )
             )
         head, slots = self._recipient(to, unsubscribe_url, preferences_url, message_id)
+        if self._dkim is not None:  # DKIM-Signature lines never start with a dot
+            head = self._dkim.headers(head, [slots[name] for _i, name in self._slots]) + head
         parts = [head, *self._wire]
         for index, name in self._slots:
             parts[index + 1] = _stuffed(slots[name])
@@ -296,13 +288,4 @@ def _qp_slot(url: bytes) -> bytes:
 
 def sign_dkim(message: bytes, key: DkimKey) -> bytes:
     """Prepend a DKIM-Signature that covers both List-Unsubscribe headers (RFC 8058)."""
-    import dkim
-
-    signature: bytes = dkim.sign(
-        message,
-        key.selector.encode(),
-        key.domain.encode(),
-        key.private_key,
-        include_headers=list(DKIM_HEADERS),
-    )
-    return signature + message
+    return DkimSigner([key]).sign(message)
