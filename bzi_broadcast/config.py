@@ -122,7 +122,6 @@ class EmailSettings(_Section):
         return key
 
 
-
 class DeliverySettings(_Section):
     window: int = Field(default=200, ge=1, le=10000, description="rows in flight per worker")
     flush_interval: float = Field(default=0.2, gt=0)
