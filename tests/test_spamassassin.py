@@ -1,0 +1,155 @@
+"""Deliverability: SpamAssassin scores what the service delivers at or below zero.
+
+Debian's ``spamassassin`` with its shipped rules, local tests only (``--local``: no DNS blocklists,
+no network), a throwaway home so no user state or Bayes database counts. Scored are the messages
+as ``serve`` hands them to the SMTP server (aiosmtpd captures the bytes): every example
+announcement in ``config/examples``, one newsletter with every block type and a picture, and a
+short one with a picture (little text beside an image is what image-spam rules look for).
+With CI=true a missing ``spamassassin`` fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bzi_broadcast.config import Settings
+from bzi_broadcast.content import Announcement, load_announcement
+from bzi_broadcast.content.model import Image
+from bzi_broadcast.delivery import control
+from bzi_broadcast.service import Service
+from bzi_broadcast.staff import media
+from bzi_broadcast.store.announcements import Announcements
+from bzi_broadcast.testing.smtp import SmtpCapture
+
+from .conftest import ROOT, require_or_skip
+from .pictures import png
+from .test_delivery import serving, settings_for
+from .test_email_layout import every_block
+from .test_store import add_subscribers
+
+EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.yaml"))
+PUBLIC_URL = "https://bzi.example.org"  # links as in production: https, a real host name
+SCORE_TIMEOUT = 120.0
+SHORT_TEXT = {"type": "text", "text": "Wir feiern am Samstag auf dem Rathausplatz."}
+_REPORTED = re.compile(r"score=(?P<score>-?\d+(?:\.\d+)?)")
+_RULE = re.compile(r"(?P<rule>[A-Z0-9_]+)=(?P<points>-?\d+(?:\.\d+)?)|none")
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the message, not the database, is what is scored."""
+    return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+
+
+@pytest.fixture
+def spamassassin() -> str:
+    path = shutil.which("spamassassin")
+    require_or_skip(path is not None, "spamassassin (Debian package spamassassin)")
+    assert path is not None
+    return path
+
+
+async def with_picture(
+    engine: AsyncEngine, announcement: Announcement, directory: Path
+) -> Announcement:
+    """``announcement`` with a picture beside its file, adopted into the media store as ``queue``
+    does: the newsletter then shows it from the public URL."""
+    (directory / "sommerfest.png").write_bytes(png(width=800, height=450))
+    picture = Image(src="sommerfest.png", alt="Gäste auf dem Rathausplatz")
+    return await media.adopt_file_image(
+        engine,
+        announcement.model_copy(update={"image": picture}),
+        file=directory / "ankuendigung.json",
+        public_url=PUBLIC_URL + "/",
+    )
+
+
+def production_like(settings: Settings) -> Settings:
+    email_settings = settings.email.model_copy(update={"public_url": PUBLIC_URL})
+    return settings.model_copy(update={"email": email_settings})
+
+
+async def deliver(
+    engine: AsyncEngine, database_url: str, announcements: list[Announcement]
+) -> dict[str, bytes]:
+    """Each announcement sent by the service to one subscriber; the delivered bytes by subject."""
+    await add_subscribers(engine, 1)
+    store = Announcements(engine)
+    async with SmtpCapture() as smtp:
+        settings = production_like(settings_for(database_url, smtp.port))
+        async with serving(Service(settings)):
+            for announcement in announcements:
+                await control.queue(
+                    store, announcement, at=datetime.now(UTC), actor="test", allow_past=True
+                )
+            received = await smtp.handler.wait_for(len(announcements), timeout=60)
+    return {str(r.message()["Subject"]): r.data for r in received}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Score:
+    reported: float  # X-Spam-Status, rounded to one decimal by SpamAssassin
+    rules: dict[str, float]  # each rule hit with its points, unrounded
+
+    @property
+    def exact(self) -> float:
+        return sum(self.rules.values())
+
+
+def score(spamassassin: str, message: bytes, home: Path) -> Score:
+    """SpamAssassin's verdict on ``message``, local rules only, from a throwaway home."""
+    home.mkdir(parents=True, exist_ok=True)
+    command = [spamassassin, "--local", "--test-mode", "--prefspath", str(home / "user_prefs")]
+    result = subprocess.run(
+        [*command, "--cf", "add_header all Rules _TESTSSCORES(,)_"],
+        input=message,
+        capture_output=True,
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        timeout=SCORE_TIMEOUT,
+        check=False,
+    )
+    errors = result.stderr.decode(errors="replace")[-2000:]
+    assert result.returncode == 0, errors
+    headers = email.message_from_bytes(result.stdout)
+    status, rules = headers["X-Spam-Status"], headers["X-Spam-Rules"]
+    assert status and rules is not None, f"no X-Spam-Status/X-Spam-Rules header: {errors}"
+    reported = _REPORTED.search(status)
+    assert reported, status
+    return Score(reported=float(reported["score"]), rules=_rules(rules))
+
+
+def _rules(header: str) -> dict[str, float]:
+    """``HTML_MESSAGE=0.001,NO_RELAYS=-0.001`` (folded over lines) as a dict; ``none``: empty."""
+    rules = {}
+    for item in re.sub(r"\s+", "", header).split(","):
+        hit = _RULE.fullmatch(item)
+        assert hit, f"unexpected rule in {header!r}: {item!r}"
+        if hit["rule"]:
+            rules[hit["rule"]] = float(hit["points"])
+    return rules
+
+
+async def test_every_example_and_every_block_score_at_most_zero(
+    engine: AsyncEngine, database_url: str, spamassassin: str, tmp_path: Path
+) -> None:
+    assert EXAMPLES, "no example announcements found in config/examples"
+    examples = [load_announcement(path) for path in EXAMPLES]
+    short = every_block(title="Sommerfest", summary=None, blocks=[SHORT_TEXT])
+    pictured = [await with_picture(engine, a, tmp_path) for a in (every_block(), short)]
+    delivered = await deliver(engine, database_url, [*examples, *pictured])
+    assert len(delivered) == len(examples) + 2, sorted(delivered)
+    scores = {
+        subject: score(spamassassin, data, tmp_path / f"sa-home-{index}")
+        for index, (subject, data) in enumerate(sorted(delivered.items()))
+    }
+    over = {s: v for s, v in scores.items() if v.reported > 0 or v.exact > 1e-9}
+    assert not over, f"SpamAssassin scores above 0: {over}"
