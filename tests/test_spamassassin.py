@@ -5,20 +5,33 @@ no network), a throwaway home so no user state or Bayes database counts. Scored 
 as ``serve`` hands them to the SMTP server (aiosmtpd captures the bytes): every example
 announcement in ``config/examples``, one newsletter with every block type and a picture, and a
 short one with a picture (little text beside an image is what image-spam rules look for).
+And one newsletter signed with both DKIM keys: there SpamAssassin also runs its DNS tests, every
+question going to a DNS server in the test that holds the public keys (blocklists off), so it
+verifies the signatures itself (DKIM_VALID, DKIM_VALID_AU).
 With CI=true a missing ``spamassassin`` fails the test instead of skipping it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email
 import re
 import shutil
+import socketserver
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.config import Settings
@@ -30,6 +43,7 @@ from bzi_broadcast.staff import media
 from bzi_broadcast.store.announcements import Announcements
 from bzi_broadcast.testing.smtp import SmtpCapture
 
+from . import test_dkim
 from .conftest import ROOT, require_or_skip
 from .pictures import png
 from .test_delivery import serving, settings_for
@@ -41,6 +55,13 @@ PUBLIC_URL = "https://bzi.example.org"  # links as in production: https, a real 
 SCORE_TIMEOUT = 120.0
 SHORT_TEXT = {"type": "text", "text": "Wir feiern am Samstag auf dem Rathausplatz."}
 _REPORTED = re.compile(r"score=(?P<score>-?\d+(?:\.\d+)?)")
+_NO_BLOCKLISTS = (
+    "skip_rbl_checks 1",
+    "skip_uribl_checks 1",
+    "use_razor2 0",
+    "use_pyzor 0",
+    "use_dcc 0",
+)
 _RULE = re.compile(r"(?P<rule>[A-Z0-9_]+)=(?P<points>-?\d+(?:\.\d+)?)|none")
 
 
@@ -79,13 +100,16 @@ def production_like(settings: Settings) -> Settings:
 
 
 async def deliver(
-    engine: AsyncEngine, database_url: str, announcements: list[Announcement]
+    engine: AsyncEngine,
+    database_url: str,
+    announcements: list[Announcement],
+    configure: Callable[[Settings], Settings] = production_like,
 ) -> dict[str, bytes]:
     """Each announcement sent by the service to one subscriber; the delivered bytes by subject."""
     await add_subscribers(engine, 1)
     store = Announcements(engine)
     async with SmtpCapture() as smtp:
-        settings = production_like(settings_for(database_url, smtp.port))
+        settings = configure(settings_for(database_url, smtp.port))
         async with serving(Service(settings)):
             for announcement in announcements:
                 await control.queue(
@@ -105,10 +129,16 @@ class Score:
         return sum(self.rules.values())
 
 
-def score(spamassassin: str, message: bytes, home: Path) -> Score:
-    """SpamAssassin's verdict on ``message``, local rules only, from a throwaway home."""
+def score(spamassassin: str, message: bytes, home: Path, dns_port: int | None = None) -> Score:
+    """SpamAssassin's verdict on ``message`` from a throwaway home: local rules only, or with
+    ``dns_port`` its DNS tests too, all asking the local server there (no blocklists)."""
     home.mkdir(parents=True, exist_ok=True)
-    command = [spamassassin, "--local", "--test-mode", "--prefspath", str(home / "user_prefs")]
+    command = [spamassassin, "--test-mode", "--prefspath", str(home / "user_prefs")]
+    if dns_port is None:
+        command.append("--local")
+    else:
+        config = [f"dns_server 127.0.0.1:{dns_port}", "dns_available yes", *_NO_BLOCKLISTS]
+        command += [part for line in config for part in ("--cf", line)]
     result = subprocess.run(
         [*command, "--cf", "add_header all Rules _TESTSSCORES(,)_"],
         input=message,
@@ -153,3 +183,72 @@ async def test_every_example_and_every_block_score_at_most_zero(
     }
     over = {s: v for s, v in scores.items() if v.reported > 0 or v.exact > 1e-9}
     assert not over, f"SpamAssassin scores above 0: {over}"
+
+
+# --- signed: SpamAssassin checks the DKIM signatures itself, against a local DNS server ---------
+
+
+class _TxtRecords(socketserver.BaseRequestHandler):
+    """Answers TXT questions from ``server.records``; NXDOMAIN for every other name."""
+
+    server: _DnsServer
+
+    def handle(self) -> None:
+        data, sock = self.request
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        text = self.server.records.get(question.name.to_text().lower())
+        if text and question.rdtype == dns.rdatatype.TXT:
+            strings = " ".join(f'"{text[i : i + 250]}"' for i in range(0, len(text), 250))
+            response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "TXT", strings))
+        else:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        sock.sendto(response.to_wire(), self.client_address)
+
+
+class _DnsServer(socketserver.ThreadingUDPServer):
+    def __init__(self, records: dict[str, str]) -> None:
+        super().__init__(("127.0.0.1", 0), _TxtRecords)
+        self.records = records
+
+
+@contextlib.contextmanager
+def dns_server(records: dict[str, str]) -> Iterator[int]:
+    """A DNS server on 127.0.0.1 for ``records`` (name with trailing dot → TXT); yields its port."""
+    server = _DnsServer(records)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def signing(settings: Settings) -> Settings:
+    """``production_like`` with both DKIM keys of tests/test_dkim.py (RSA and Ed25519)."""
+    keys = {
+        "dkim_domain": test_dkim.DOMAIN,
+        "dkim_selector": test_dkim.RSA_SELECTOR,
+        "dkim_private_key": SecretStr(test_dkim.RSA_PEM.decode()),
+        "dkim_ed25519_selector": test_dkim.ED_SELECTOR,
+        "dkim_ed25519_private_key": SecretStr(test_dkim.ED_PEM.decode()),
+    }
+    settings = production_like(settings)
+    return settings.model_copy(update={"email": settings.email.model_copy(update=keys)})
+
+
+async def test_a_signed_newsletter_verifies_in_spamassassin_and_scores_at_most_zero(
+    engine: AsyncEngine, database_url: str, spamassassin: str, tmp_path: Path
+) -> None:
+    announcement = every_block()
+    delivered = await deliver(engine, database_url, [announcement], configure=signing)
+    message = delivered[announcement.title]
+    assert message.count(b"DKIM-Signature:") == 2
+    with dns_server(test_dkim.RECORDS) as port:
+        verdict = await asyncio.to_thread(score, spamassassin, message, tmp_path / "sa", port)
+    assert {"DKIM_SIGNED", "DKIM_VALID", "DKIM_VALID_AU"} <= set(verdict.rules), verdict
+    assert "DKIM_INVALID" not in verdict.rules, verdict
+    assert verdict.reported <= 0 and verdict.exact <= 1e-9, verdict
