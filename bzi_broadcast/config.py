@@ -101,6 +101,12 @@ class EmailSettings(_Section):
     list_id: str = "newsletter.bzi.example.org"
     unsubscribe_mailto: str | None = None
     public_url: str = "http://127.0.0.1:8080"
+    # Envelope sender bounces+<signed token>@bounce_domain per message (VERP); unset: from_address
+    bounce_domain: str | None = Field(default=None, pattern=_DNS_NAME)
+    soft_bounce_limit: int = Field(
+        default=3, ge=1, description="soft-bounced deliveries that suppress an address …"
+    )
+    soft_bounce_days: int = Field(default=14, ge=1, description="… within this many days")
     # DKIM (RFC 6376): domain, selector and an RSA key (2048 bit or more, PEM) sign every mail;
     # an Ed25519 key (RFC 8463) with a selector of its own adds a second signature.
     dkim_domain: str | None = Field(default=None, pattern=_DNS_NAME)
@@ -120,6 +126,38 @@ class EmailSettings(_Section):
             )
             load_private_key(key.get_secret_value().encode(), kind)
         return key
+
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class BouncesSettings(_Section):
+    """The bounce mailbox, read over IMAP by ``serve`` (bzi_broadcast/bounces/mailbox.py)."""
+
+    imap_host: str | None = None  # unset: no mailbox is read
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    imap_username: str | None = None
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
+    processed_folder: str = "Verarbeitet"  # reports that were read and acted upon
+    failed_folder: str = "Unerkannt"  # anything else, for a person to look at
+    poll_seconds: float = Field(default=60.0, ge=1, le=3600)
+    timeout: float = Field(default=30.0, gt=0)
+    verify_tls: bool = True
+
+    @field_validator("imap_security")
+    @classmethod
+    def _encrypted(cls, security: str, info: ValidationInfo) -> str:
+        host = info.data.get("imap_host")
+        if security == "none" and host and host not in _LOCAL_HOSTS:
+            raise ValueError(
+                _(
+                    "„none“ nur für einen IMAP-Server auf diesem Rechner (localhost); sonst "
+                    "tls oder starttls"
+                )
+            )
+        return security
 
 
 class DeliverySettings(_Section):
@@ -288,6 +326,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     smtp: SmtpSettings = SmtpSettings()
     email: EmailSettings = EmailSettings()
+    bounces: BouncesSettings = BouncesSettings()
     delivery: DeliverySettings = DeliverySettings()
     mastodon: MastodonSettings = MastodonSettings()
     telegram: TelegramSettings = TelegramSettings()
@@ -300,6 +339,7 @@ class Settings(_Section):
         """Every configured credential, for masking in logs."""
         values = [
             self.smtp.password,
+            self.bounces.imap_password,
             self.mastodon.access_token,
             self.telegram.token,
             self.telegram.webhook_secret,

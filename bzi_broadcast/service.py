@@ -28,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Bot
 from telegram.request import HTTPXRequest
 
+from bzi_broadcast.bounces.mailbox import bounce_reader
+from bzi_broadcast.bounces.verp import Verp
 from bzi_broadcast.channels.base import Channel
 from bzi_broadcast.channels.dkim import configured_signer
 from bzi_broadcast.channels.email import EmailChannel, EmailSettings
@@ -103,6 +105,8 @@ def email_channel(settings: Settings, renderer: Renderer, slots: SlotStore) -> E
         list_id=e.list_id,
         unsubscribe_mailto=e.unsubscribe_mailto,
         dkim=configured_signer(e),
+        verp=Verp(settings.security.signing_key()),
+        bounce_domain=e.bounce_domain,
     )
     limiter = Limiter(
         slots,
@@ -267,6 +271,7 @@ class Service:
         self.web_port: int | None = None  # the bound port, once serving (web.port may be 0)
         self.ready = asyncio.Event()  # set once everything runs
         self.bot = subscriber_bot(settings, self.engine)  # None unless telegram.enabled and .bot
+        self.bounces = bounce_reader(settings, self.engine)  # None without bounces.imap_host
         if self.bot is not None:
             self.bot.add_routes(self.web)  # the webhook, when telegram.webhook_url is set
 
@@ -387,6 +392,7 @@ class Service:
             await self.bot.start()
         await self.heartbeat.start(self.engine)  # before the first claim: SQLite returns old ones
         tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
+        bounces = asyncio.create_task(self.bounces.run()) if self.bounces else None
         log.info(
             "serving worker_id=%s database=%s port=%s",
             self.worker_id,
@@ -405,6 +411,7 @@ class Service:
                 task.cancel()  # its chunk transaction rolls back; the next start resumes it
             await asyncio.gather(*self._fan_outs.values(), return_exceptions=True)
             await self._stop_workers(tasks)
+            await self._stop_bounces(bounces)
             try:
                 await self.heartbeat.stop(self.engine)
             except Exception:  # database away: the row goes stale and another process reaps it
@@ -431,6 +438,18 @@ class Service:
             for task in pending:
                 task.cancel()  # the worker's cleanup writes outcomes and returns its claims
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stop_bounces(self, task: asyncio.Task[None] | None) -> None:
+        """The reader ends after the message in hand (its IMAP calls time out on their own)."""
+        if task is None or self.bounces is None:
+            return
+        self.bounces.stop()
+        try:
+            await asyncio.wait_for(task, self.settings.delivery.shutdown_grace_seconds)
+        except TimeoutError:  # cancelled: a message read but not moved is read again next time
+            log.warning("bounce reader cut off at shutdown")
+        except Exception:
+            log.exception("bounce reader failed")
 
     def stop(self) -> None:
         self._stopped.set()

@@ -181,8 +181,16 @@ def expected_status(db: StatusDatabase) -> list[dict[str, object]]:
             "status": "sending",
             "publish_at": "2025-01-01T09:00:00+00:00",
             "channels": {"email": {**email, "paused": True, "pause_reason": "zu viele Fehler"}},
+            "reports": {"hard": 0, "soft": 0, "complaint": 0},
         },
-        {"id": db.draft, "title": "Entwurf", "status": "draft", "publish_at": None, "channels": {}},
+        {
+            "id": db.draft,
+            "title": "Entwurf",
+            "status": "draft",
+            "publish_at": None,
+            "channels": {},
+            "reports": {"hard": 0, "soft": 0, "complaint": 0},
+        },
     ]
 
 

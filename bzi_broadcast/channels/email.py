@@ -10,6 +10,7 @@ from email.policy import SMTP
 from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
 
+from bzi_broadcast.bounces.verp import Verp
 from bzi_broadcast.channels.base import Receipt
 from bzi_broadcast.channels.dkim import DkimSigner
 from bzi_broadcast.channels.email_mime import MessageTemplate, Sender
@@ -33,6 +34,10 @@ class EmailSettings:
     unsubscribe_mailto: str | None = None
     dkim: DkimSigner | None = None
     image_root: Path | None = None  # local announcement images are read from here
+    # The delivery's signed token in the Message-ID and, with a bounce domain, in the envelope
+    # sender (VERP): a bounce or complaint names the delivery it is about (bzi_broadcast/bounces/).
+    verp: Verp | None = None
+    bounce_domain: str | None = None
 
 
 class EmailChannel:
@@ -71,6 +76,8 @@ class EmailChannel:
         )
 
     async def send(self, prepared: MessageTemplate, delivery: Claimed) -> Receipt:
+        verp = self._settings.verp
+        token = verp.token(delivery.id, delivery.subscriber_id) if verp else None
         subject = (
             link_subject(delivery.subscriber_id, delivery.link_key)
             if delivery.subscriber_id
@@ -81,9 +88,10 @@ class EmailChannel:
             to=delivery.recipient,
             unsubscribe_url=self._link("unsubscribe", subject, UNSUBSCRIBE_TTL),
             preferences_url=self._link("preferences", subject, PREFERENCES_TTL),
+            **self._tracking(token),
         )
         await pace(self.limiter)
-        reply = await self._pool.send_data(self._settings.sender.address, delivery.recipient, data)
+        reply = await self._pool.send_data(self._envelope_sender(token), delivery.recipient, data)
         return Receipt(remote_id=reply[:200] or None)
 
     def _data(self, prepared: MessageTemplate, **recipient: str) -> bytes:
@@ -109,6 +117,17 @@ class EmailChannel:
             data = self._settings.dkim.sign(data)
         await pace(self.limiter)
         await self._pool.send(self._settings.sender.address, to, data)
+
+    def _tracking(self, token: str | None) -> dict[str, str]:
+        """The Message-ID that names the delivery (reports quote it even without VERP)."""
+        return {"message_id": f"{token}@{self._message_id_domain}"} if token else {}
+
+    def _envelope_sender(self, token: str | None) -> str:
+        """MAIL FROM: ``bounces+<token>@<bounce domain>``, or the from address without one."""
+        verp, domain = self._settings.verp, self._settings.bounce_domain
+        if verp is None or token is None or not domain:
+            return self._settings.sender.address
+        return verp.address(token, domain)
 
     def _link(self, purpose: str, subject: str, ttl: timedelta) -> str:
         token = self._signer.sign(purpose=purpose, subject=subject, ttl=ttl)

@@ -1,7 +1,7 @@
 """What ``bzi-broadcast status`` shows: each announcement with its deliveries counted per channel
 and state, and which channels are paused.
 
-Three plain SQL statements that SQLite and PostgreSQL read alike, run through an ``Execute``: the
+Four plain SQL statements that SQLite and PostgreSQL read alike, run through an ``Execute``: the
 standard library's ``sqlite3`` for a SQLite file at the newest migration (``store.quick``: the
 command then imports no SQLAlchemy at all), or a SQLAlchemy connection for everything else
 (PostgreSQL, the live view). Read only; this module imports nothing beyond the status names.
@@ -31,6 +31,11 @@ _COUNTS = (
     "GROUP BY announcement_id, channel, status ORDER BY announcement_id, channel"
 )
 _PAUSED = "SELECT channel, reason FROM channel_state WHERE paused"
+# bounces and complaints read back from the bounce mailbox, per announcement (bzi_broadcast/bounces)
+_REPORTS = (
+    "SELECT announcement_id, kind, count(*) FROM bounces {where} GROUP BY announcement_id, kind"
+)
+REPORT_KINDS = ("hard", "soft", "complaint")
 
 
 def on_connection(connection: Connection) -> Execute:
@@ -42,7 +47,8 @@ def on_connection(connection: Connection) -> Execute:
 
 def overview(execute: Execute, announcement_id: int | None = None) -> list[Row]:
     """Every announcement (by id), or the one asked for (``NotFoundError`` if there is none):
-    id, title, status, publish_at (ISO 8601) and per channel the counts, the total and the pause."""
+    id, title, status, publish_at (ISO 8601), per channel the counts, the total and the pause, and
+    the bounces and complaints reported back (``reports``: hard, soft, complaint)."""
     one = {"id": announcement_id} if announcement_id is not None else {}
     rows = list(execute(_ANNOUNCEMENTS.format(where="WHERE id = :id" if one else ""), one))
     if one and not rows:
@@ -50,6 +56,9 @@ def overview(execute: Execute, announcement_id: int | None = None) -> list[Row]:
     where = "WHERE announcement_id = :id" if one else ""
     counts = _counts(execute(_COUNTS.format(where=where), one))
     paused = {row[0]: row[1] for row in execute(_PAUSED, {})}
+    reports: dict[int, dict[str, int]] = {}
+    for announcement, kind, count in execute(_REPORTS.format(where=where), one):
+        reports.setdefault(announcement, dict.fromkeys(REPORT_KINDS, 0))[kind] = count
     return [
         {
             "id": id_,
@@ -60,6 +69,7 @@ def overview(execute: Execute, announcement_id: int | None = None) -> list[Row]:
                 channel: {**tally, "paused": channel in paused, "pause_reason": paused.get(channel)}
                 for channel, tally in counts.get(id_, {}).items()
             },
+            "reports": reports.get(id_, dict.fromkeys(REPORT_KINDS, 0)),
         }
         for id_, title, status, publish_at in rows
     ]

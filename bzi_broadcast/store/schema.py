@@ -229,6 +229,27 @@ delivery_parts = Table(
     Column("deleted_at", UTCDateTime()),  # staff deleted the posted part of an incomplete thread
 )
 
+# Bounces and complaints read back from the bounce mailbox (bzi_broadcast/bounces/): one row per
+# delivery and kind, so a report read twice (two replicas, a retry after a crash) counts once.
+bounces = Table(
+    "bounces",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "announcement_id", Id, ForeignKey("announcements.id", ondelete="CASCADE"), nullable=False
+    ),
+    # erasure takes the person's reports along (their diagnostics name the address)
+    Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="CASCADE")),
+    Column("kind", String(20), nullable=False),  # hard, soft, complaint
+    Column("status", String(12)),  # the enhanced status code, 5.1.1
+    Column("detail", Text),
+    _now_column("at"),
+    UniqueConstraint("delivery_id", "kind"),
+    Index(None, "announcement_id", "kind"),
+    Index(None, "subscriber_id", "kind", "at"),
+)
+
 channel_state = Table(
     "channel_state",
     metadata,

@@ -276,25 +276,32 @@ async def suppress(
 ) -> None:
     """Mark the subscriber bounced and suppressed, and remember the address's hash; only a
     confirmed fresh sign-up (``Subscriptions.confirm``) lifts both."""
+    async with engine.begin() as conn:
+        await suppress_in(conn, email, reason=reason, detail=detail, key=key)
+
+
+async def suppress_in(
+    conn: AsyncConnection, email: str, *, reason: str, detail: str | None, key: bytes
+) -> None:
+    """``suppress`` inside the caller's transaction (a bounce read back, with its record)."""
     digest = suppression_hash(email, key)
     now = utcnow()
-    async with engine.begin() as conn:
+    await conn.execute(
+        update(subscribers)
+        .where(subscribers.c.email == email.lower())
+        .values(status=str(SubscriberStatus.BOUNCED), updated_at=now, suppressed_at=now)
+    )
+    exists = (
         await conn.execute(
-            update(subscribers)
-            .where(subscribers.c.email == email.lower())
-            .values(status=str(SubscriberStatus.BOUNCED), updated_at=now, suppressed_at=now)
+            select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
         )
-        exists = (
-            await conn.execute(
-                select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+    ).first()
+    if not exists:
+        await conn.execute(
+            insert(suppressions).values(
+                email_hash=digest, reason=reason, detail=(detail or "")[:500], created_at=now
             )
-        ).first()
-        if not exists:
-            await conn.execute(
-                insert(suppressions).values(
-                    email_hash=digest, reason=reason, detail=(detail or "")[:500], created_at=now
-                )
-            )
+        )
 
 
 async def set_telegram_chat(

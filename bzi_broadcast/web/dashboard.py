@@ -21,6 +21,8 @@ from multidict import MultiDictProxy
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bzi_broadcast.bounces.effects import tally as bounce_tally
+from bzi_broadcast.bounces.parse import Kind
 from bzi_broadcast.delivery import control, progress
 from bzi_broadcast.delivery.control import Cancellation
 from bzi_broadcast.delivery.lifecycle import AnnouncementStatus
@@ -49,6 +51,11 @@ STATE_LABELS = {
     "sent": N_("gesendet"),
     "failed": N_("fehlgeschlagen"),
     "cancelled": N_("abgebrochen"),
+}
+REPORT_LABELS = {  # what came back to the bounce mailbox (bzi_broadcast/bounces/)
+    Kind.HARD: N_("unzustellbar (dauerhaft)"),
+    Kind.SOFT: N_("unzustellbar (vorübergehend)"),
+    Kind.COMPLAINT: N_("Beschwerden"),
 }
 RETRYABLE = (S.SENDING, S.PARTIALLY_FAILED)
 CANCEL_COUNTS = {  # in the URL after a cancel: numbers only, never text
@@ -84,6 +91,7 @@ async def _show(request: web.Request, user: User, notice: str | None) -> web.Res
         channels = await _channels(request, conn, row)
         reasons, latest = await progress.failures(conn, announcement_id)
         timeline = await progress.timeline(conn, announcement_id)
+        reported = await bounce_tally(conn, announcement_id)
     threads = await Parts(context_of(request).engine).threads(announcement_id)
     chart = _chart(timeline)
     return staff_page(
@@ -97,6 +105,7 @@ async def _show(request: web.Request, user: User, notice: str | None) -> web.Res
         may_act=may(user, Action.MANAGE_SENDING),
         retryable=row.status in RETRYABLE,
         reasons=[(_channel_label(r.channel), r.reason, r.count) for r in reasons],
+        reported=[(str(kind), _(REPORT_LABELS[kind]), count) for kind, count in reported.items()],
         latest=[
             (
                 _channel_label(f.channel),

@@ -1,0 +1,188 @@
+"""A throwaway Dovecot IMAP server for the tests: Debian's ``dovecot`` started in the foreground
+with a configuration in a temporary directory (no system service), plain IMAP on 127.0.0.1 and a
+free port, Maildir storage, one user from a passwd file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import imaplib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .conftest import require_or_skip
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+USER = "bounces"
+PASSWORD = "imap-test-password"
+
+
+@dataclass(frozen=True)
+class Dovecot:
+    port: int
+    user: str = USER
+    password: str = PASSWORD
+
+    def session(self) -> imaplib.IMAP4:
+        imap = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        imap.login(self.user, self.password)
+        return imap
+
+    def append(self, *messages: bytes, folder: str = "INBOX") -> None:
+        imap = self.session()
+        try:
+            for raw in messages:
+                typ, data = imap.append(folder, "", None, raw)
+                assert typ == "OK", data
+        finally:
+            imap.logout()
+
+    def count(self, folder: str) -> int:
+        """Messages in ``folder`` (0 for one that does not exist yet)."""
+        imap = self.session()
+        try:
+            typ, data = imap.select(f'"{folder}"', readonly=True)
+            if typ != "OK":
+                return 0
+            typ, data = imap.search(None, "UNDELETED")
+            return len(data[0].split()) if typ == "OK" and data and data[0] else 0
+        finally:
+            imap.logout()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _mail_owner() -> tuple[int, int]:
+    """Who owns the mail: the current user, or, as root (Dovecot never serves mail as root),
+    ``nobody``."""
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    nobody = pwd.getpwnam("nobody")
+    return nobody.pw_uid, nobody.pw_gid
+
+
+def _config(root: Path, port: int) -> str:
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    # As root, Dovecot's own unprivileged accounts (made by Debian's package) run the login and
+    # internal processes; as anyone else, that user runs everything.
+    login_user = "dovenull" if os.getuid() == 0 else user
+    internal_user = "dovecot" if os.getuid() == 0 else user
+    uid, gid = _mail_owner()
+    return f"""
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+login_trusted_networks = 127.0.0.0/8
+default_login_user = {login_user}
+default_internal_user = {internal_user}
+default_internal_group = {group}
+first_valid_uid = 1
+first_valid_gid = 1
+mail_location = maildir:{root}/mail/%u
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service stats {{
+  unix_listener stats-reader {{
+    user = {user}
+    mode = 0666
+  }}
+  unix_listener stats-writer {{
+    user = {user}
+    mode = 0666
+  }}
+}}
+"""
+
+
+@contextlib.asynccontextmanager
+async def running_dovecot() -> AsyncIterator[Dovecot]:
+    """Its own directory under /tmp: Dovecot's unprivileged processes must reach it (pytest's
+    tmp_path sits below a directory only its owner may enter)."""
+    require_or_skip(Path(DOVECOT).is_file(), "Dovecot (apt-get install dovecot-imapd)")
+    root = Path(tempfile.mkdtemp(prefix="bzi-dovecot-"))
+    try:
+        async with _serving(root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _serving(root: Path) -> AsyncIterator[Dovecot]:
+    for folder in ("run", "state", "mail", "home"):
+        (root / folder).mkdir(exist_ok=True)
+    for folder in ("mail", "home"):
+        os.chown(root / folder, *_mail_owner())
+    os.chmod(root, 0o755)  # the login processes' accounts must reach base_dir
+    port = _free_port()
+    (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+    config = root / "dovecot.conf"
+    config.write_text(_config(root, port))
+    process = subprocess.Popen(
+        [DOVECOT, "-F", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "stderr.log").open("wb"),
+    )
+    server = Dovecot(port=port)
+    try:
+        await _until_ready(server, process, root)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def _until_ready(server: Dovecot, process: subprocess.Popen[bytes], root: Path) -> None:
+    """Until a session can log in and select the inbox (the mail process works)."""
+    try:
+        async with asyncio.timeout(30):
+            while process.poll() is None:
+                try:
+                    await asyncio.to_thread(server.count, "INBOX")
+                    return
+                except (OSError, imaplib.IMAP4.error):
+                    await asyncio.sleep(0.1)
+    except TimeoutError:
+        pass
+    log = root / "dovecot.log"
+    raise AssertionError(
+        f"dovecot not ready (exit code {process.poll()}): {(root / 'stderr.log').read_text()}"
+        + (log.read_text() if log.exists() else "")
+    )
