@@ -169,6 +169,7 @@ def serve(url: str, port: int, workdir: Path, index: int) -> subprocess.Popen[by
         "BZI_DELIVERY_POLL_INTERVAL": "0.2",
         "BZI_DELIVERY_SWEEP_INTERVAL": "0.5",
         "BZI_WEB_PORT": "0",
+        "BZI_EMAIL_ALLOW_INSECURE_PUBLIC_URL": "true",  # a bench on 127.0.0.1
         **SERVE_ENV,
     }
     return subprocess.Popen(

@@ -61,7 +61,7 @@ def run_queue(args: argparse.Namespace) -> int:
     at = _parse_time(args.at) if args.at else None
     if args.now:
         at = datetime.now().astimezone()
-    public_url = settings_of(args, signing=True).email.public_url
+    public_url = settings_of(args, signing=True, public=True).email.public_url
 
     async def work(engine: AsyncEngine) -> int:
         # The image file is read now, beside the announcement file, and stored like an upload:
@@ -306,7 +306,8 @@ def _unknown(email: str) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from bzi_broadcast import logs
 
-    settings = settings_of(args, signing=not args.demo)  # the demo makes its own key
+    # the demo makes its own key and serves its links from http://127.0.0.1
+    settings = settings_of(args, signing=not args.demo, public=not args.demo)
     from bzi_broadcast.service import Service  # big (the web app): only once the settings hold
 
     if args.demo:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -100,7 +102,10 @@ class EmailSettings(_Section):
     reply_to: str | None = None
     list_id: str = "newsletter.bzi.example.org"
     unsubscribe_mailto: str | None = None
-    public_url: str = "http://127.0.0.1:8080"
+    public_url: str = "http://127.0.0.1:8080"  # outside --demo: refused unless https and public
+    allow_insecure_public_url: bool = Field(
+        default=False, description="test setups only: accept an http or local public_url"
+    )
     # Envelope sender bounces+<signed token>@bounce_domain per message (VERP); unset: from_address
     bounce_domain: str | None = Field(default=None, pattern=_DNS_NAME)
     soft_bounce_limit: int = Field(
@@ -359,10 +364,12 @@ SECRET_WORDS = ("password", "secret", "token", "key")
 IGNORED_VARIABLES = frozenset({"BZI_LANG", "BZI_LOG_LEVEL"})
 
 
-def settings_of(args: argparse.Namespace, *, signing: bool = False) -> Settings:
+def settings_of(
+    args: argparse.Namespace, *, signing: bool = False, public: bool = False
+) -> Settings:
     """The configured settings; ``signing``: this command signs (links, forms, hashes), so
-    ``security.secret_key`` must be set."""
-    settings = load_settings(args.config, signing=signing)
+    ``security.secret_key`` must be set; ``public``: it links to ``email.public_url``."""
+    settings = load_settings(args.config, signing=signing, public=public)
     if getattr(args, "database", None):
         settings = settings.model_copy(
             update={"database": settings.database.model_copy(update={"url": args.database})}
@@ -371,11 +378,17 @@ def settings_of(args: argparse.Namespace, *, signing: bool = False) -> Settings:
 
 
 def load_settings(
-    path: Path | None, environ: Mapping[str, str] | None = None, *, signing: bool = False
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    signing: bool = False,
+    public: bool = False,
 ) -> Settings:
     """Read ``path`` (TOML, optional) and the environment; ``ConfigError`` names each problem,
     with the file line or the environment variable it came from. ``signing``: the caller signs
-    links or forms, so ``security.secret_key`` must be set."""
+    links or forms, so ``security.secret_key`` must be set. ``public``: the caller puts links to
+    ``email.public_url`` into mails and posts (``serve`` outside the demo, ``queue``), so it must
+    be an HTTPS address on a public host."""
     text = _read_text(path) if path else ""
     data = _parse_toml(path, text) if path else {}
     origins = _Origins(path, text)
@@ -390,6 +403,8 @@ def load_settings(
         problems.extend(_describe(e, origins) for e in exc.errors())
     else:
         problems.extend(_missing_credentials(settings))
+        if public:
+            problems.extend(_insecure_public_url(settings.email, origins))
         problems.extend(_incomplete_dkim(settings.email))
     if problems:
         raise ConfigError("\n".join(problems))
@@ -614,6 +629,35 @@ def _close_match(loc: tuple[str, ...]) -> str | None:
         return None
     found = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
     return ".".join([*loc[:-1], found[0]]) if found else None
+
+
+def _insecure_public_url(email: EmailSettings, origins: _Origins) -> list[str]:
+    """Unsubscribe, confirmation and image links go out in every mail: RFC 8058 wants HTTPS for
+    one-click unsubscribe, and a local address reaches nobody. Test setups say so explicitly."""
+    if email.allow_insecure_public_url:
+        return []
+    url = urlsplit(email.public_url)
+    if url.scheme == "https" and url.hostname and not _local_host(url.hostname):
+        return []
+    where = origins.of(("email", "public_url"))
+    return [
+        _(
+            "email.public_url{where}: „{url}“ ist keine öffentliche HTTPS-Adresse – Links in "
+            "E-Mails brauchen https:// und einen öffentlichen Namen (nur für Testumgebungen: "
+            "email.allow_insecure_public_url = true)"
+        ).format(where=f" ({where})" if where else "", url=email.public_url)
+    ]
+
+
+def _local_host(host: str) -> bool:
+    """localhost, a *.localhost name, or a loopback, private or unspecified IP address."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_unspecified
 
 
 def _missing_credentials(settings: Settings) -> list[str]:

@@ -24,6 +24,9 @@ TEST_SECRET_KEY = "test-secret-key-of-the-test-suite-0123456789"
 # `serve`, `queue` and `subscribers import` refuse to start without a key: the commands the tests
 # start inherit this one (the tests of a missing key start theirs without any BZI_ variable).
 os.environ.setdefault("BZI_SECURITY_SECRET_KEY", TEST_SECRET_KEY)
+# The suite's services answer on http://127.0.0.1: a test setup, said explicitly as operators
+# would (serve and queue refuse such a public_url otherwise; tests/test_security_config.py).
+os.environ.setdefault("BZI_EMAIL_ALLOW_INSECURE_PUBLIC_URL", "true")
 EXAMPLE = ROOT / "config" / "examples" / "weltoffene-kommunen.yaml"
 ARTIFACTS = ROOT / "artifacts"
 IN_CI = os.environ.get("CI", "").lower() == "true"

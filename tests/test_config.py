@@ -35,6 +35,7 @@ def serve(
             **clean,
             "BZI_DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
             "BZI_SECURITY_SECRET_KEY": TEST_SECRET_KEY,
+            "BZI_EMAIL_PUBLIC_URL": "https://bzi.example.org",
             **env,
         },
         cwd=workdir,

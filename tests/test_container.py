@@ -79,6 +79,7 @@ async def test_the_image_command_runs_from_the_installed_wheel(
                 "BZI_SMTP_PORT": str(smtp.port),
                 "BZI_SECURITY_SECRET_KEY": TEST_SECRET_KEY,
                 "BZI_WEB_PORT": str(port),
+                "BZI_EMAIL_PUBLIC_URL": "https://bzi.example.org",  # as in production
             },
             stderr=subprocess.PIPE,
         )

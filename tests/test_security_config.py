@@ -40,13 +40,19 @@ METRICS_TOKEN = "metrics-token-for-the-test-scraper-0123456789"
 
 
 def command(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``bzi-broadcast *args`` with no configuration but a database in ``workdir``."""
+    """``bzi-broadcast *args`` with no configuration but a database in ``workdir`` and a public
+    HTTPS address (as in production)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BZI_")}
     return subprocess.run(
         [sys.executable, "-m", "bzi_broadcast", *args],
         capture_output=True,
         text=True,
-        env={**clean, "BZI_DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}", **env},
+        env={
+            **clean,
+            "BZI_DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+            "BZI_EMAIL_PUBLIC_URL": "https://bzi.example.org",
+            **env,
+        },
         cwd=workdir,
         timeout=60,
     )
@@ -77,6 +83,64 @@ def test_commands_that_sign_refuse_to_start_without_a_key(
     assert KEY_HINT in lines[0]
     assert "BZI_SECURITY_SECRET_KEY_FILE" in lines[0]
     assert not (tmp_path / "db.sqlite3").exists()  # refused before anything was done
+
+
+# --- issue 15: links in mails over HTTPS to a public name ----------------------------------------
+
+KEY = "k" * 48
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bzi.example.org",
+        "https://localhost:8080",
+        "https://news.localhost",
+        "https://127.0.0.1",
+        "https://[::1]:8443",
+        "https://10.1.2.3",
+        "https://0.0.0.0",
+        "bzi.example.org",
+    ],
+)
+@pytest.mark.parametrize("args", [("serve",), ("queue", str(EXAMPLE), "--now")])
+def test_an_http_or_local_public_url_is_refused_outside_the_demo(
+    tmp_path: Path, url: str, args: tuple[str, ...]
+) -> None:
+    result = command(tmp_path, *args, BZI_SECURITY_SECRET_KEY=KEY, BZI_EMAIL_PUBLIC_URL=url)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"email.public_url (aus BZI_EMAIL_PUBLIC_URL): „{url}“"), line
+    assert "https://" in line and "email.allow_insecure_public_url = true" in line
+    assert not (tmp_path / "db.sqlite3").exists()  # refused before anything was done
+
+
+def test_the_public_url_problem_names_its_line_in_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "bzi.toml"
+    config.write_text('[email]\nfrom_name = "BZI"\npublic_url = "http://127.0.0.1:8080"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, {"BZI_SECURITY_SECRET_KEY": KEY}, public=True)
+    assert caught.value.message.startswith(f"email.public_url ({config}, Zeile 3): „http://")
+
+
+def test_https_on_a_public_name_or_an_explicit_test_setup_is_accepted() -> None:
+    environ = {"BZI_SECURITY_SECRET_KEY": KEY}
+    for url in ("https://bzi.example.org", "https://bzi.example.org:8443/newsletter"):
+        settings = load_settings(None, {**environ, "BZI_EMAIL_PUBLIC_URL": url}, public=True)
+        assert settings.email.public_url == url
+    insecure = {**environ, "BZI_EMAIL_ALLOW_INSECURE_PUBLIC_URL": "true"}
+    assert load_settings(None, insecure, public=True).email.public_url == "http://127.0.0.1:8080"
+    # commands that put no link into mails (status, migrate, the web of the demo) don't ask
+    assert load_settings(None, environ).email.public_url == "http://127.0.0.1:8080"
+
+
+def test_the_demo_serves_its_links_from_localhost_without_complaint(tmp_path: Path) -> None:
+    """``serve --demo`` is refused nothing for its http://127.0.0.1 links: a wrong port ends it
+    after the settings were accepted (the refusal would come first and name email.public_url)."""
+    result = command(
+        tmp_path, "serve", "--demo", "--port", "99999", BZI_EMAIL_PUBLIC_URL="http://127.0.0.1"
+    )
+    assert "email.public_url" not in result.stderr, result.stderr
 
 
 def test_an_unreadable_key_file_is_reported_once(tmp_path: Path) -> None:
