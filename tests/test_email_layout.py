@@ -1,7 +1,8 @@
 """The newsletter's HTML part in real headless Chromium at 600 and 375 px, light and dark, with and
 without its <style> block (some clients strip it): no horizontal scroll even with a long
 unbreakable word and URL, pictures within the column, and text that contrasts with what is behind
-it (WCAG AA, 4.5 : 1) in either colour scheme.
+it (WCAG AA, 4.5 : 1) in either colour scheme — read from the computed styles, and, where
+Chromium forces dark mode on the page as some mail apps do, measured on the screenshot's pixels.
 
 Screenshots go to the test's tmp_path. Needs Debian's ``chromium``; with CI=true a missing browser
 fails the test instead of skipping it.
@@ -9,6 +10,7 @@ fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, Route, sync_playwright
 
 from bzi_broadcast.content import Announcement, parse_announcement
 from bzi_broadcast.content.model import BLOCK_TYPES
@@ -36,6 +38,37 @@ PICTURE_URL = "https://bzi.example.org/medien/sommerfest.png"
 PICTURE = png(width=1200, height=675)
 _STYLE = re.compile(r"<style\b.*?</style>", re.S | re.I)
 _RGB = re.compile(r"rgba?\((\d+), (\d+), (\d+)(?:, ([\d.]+))?\)")
+
+# The contrast an element's screenshot shows: the commonest pixel is the background, the pixel
+# that differs most from it is the text (glyph cores reach the text colour at these sizes).
+_PICTURE_CONTRAST_JS = """
+async png => {
+  const image = new Image();
+  image.src = "data:image/png;base64," + png;
+  await image.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = image.width; canvas.height = image.height;
+  const context = canvas.getContext("2d");
+  context.drawImage(image, 0, 0);
+  const data = context.getImageData(0, 0, image.width, image.height).data;
+  const lum = (r, g, b) => [r, g, b].map(v => v / 255)
+    .map(c => c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4)
+    .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const counts = new Map();
+  for (let i = 0; i < data.length; i += 4) {
+    const key = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2];
+    counts.set(key, (counts.get(key) || 0) + 1);
+  }
+  const [background] = [...counts.entries()].reduce((a, b) => (b[1] > a[1] ? b : a));
+  const bg = lum(background >> 16, (background >> 8) & 255, background & 255);
+  let best = 1;
+  for (const key of counts.keys()) {
+    const l = lum(key >> 16, (key >> 8) & 255, key & 255);
+    best = Math.max(best, (Math.max(l, bg) + 0.05) / (Math.min(l, bg) + 0.05));
+  }
+  return best;
+}
+"""
 
 # Text elements to check, each with the colour of its text and of the nearest painted background.
 _COLOURS_JS = """
@@ -69,12 +102,27 @@ TEXT_SELECTORS = (
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
     require_or_skip(CHROMIUM.exists() and shutil.which("chromium") is not None, "/usr/bin/chromium")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def forcing_browser(playwright: Playwright) -> Iterator[Browser]:
+    """Chromium darkening every page itself, whatever colours the page asks for — as mail apps
+    that force dark mode do (each with its own algorithm; this is Chromium's)."""
+    args = ["--no-sandbox", "--blink-settings=forceDarkModeEnabled=true"]
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    yield browser
+    browser.close()
 
 
 def every_block(language: str = "de", *extra: dict[str, object], **fields: object) -> Announcement:
@@ -190,3 +238,37 @@ def test_text_contrasts_with_its_background(
     # the dark pass is applied where the client keeps <style>; without it the light design stays
     dark = scheme == "dark" and style == "kept"
     assert (luminance(body) < 0.05) is dark, body
+
+
+def without_colour_scheme(html: str) -> str:
+    """The newsletter as a mail app sees it that ignores the colours it declares: no <style>,
+    no color-scheme meta tags, no color-scheme on the root element."""
+    html = _STYLE.sub("", html)
+    html = re.sub(r'<meta name="(?:supported-)?color-schemes?"[^>]*>', "", html)
+    html = re.sub(r"(?:supported-)?color-schemes?: [^;\"]*;?", "", html)
+    assert "color-scheme" not in html
+    return html
+
+
+@pytest.mark.parametrize("declared", ["kept", "ignored"])
+def test_readable_when_the_client_forces_dark(
+    forcing_browser: Browser, newsletter: str, tmp_path: Path, declared: str
+) -> None:
+    html = newsletter if declared == "kept" else without_colour_scheme(newsletter)
+    page = open_newsletter(forcing_browser, html, 375, "dark")
+    try:
+        page.screenshot(
+            path=str(tmp_path / f"email-375px-forced-dark-{declared}.png"), full_page=True
+        )
+        body = _hex(page.evaluate("getComputedStyle(document.body).backgroundColor"))
+        poor = {}
+        for selector in TEXT_SELECTORS:
+            picture = page.locator(selector).first.screenshot()
+            ratio = page.evaluate(_PICTURE_CONTRAST_JS, base64.b64encode(picture).decode())
+            if ratio < AA_TEXT:
+                poor[selector] = round(ratio, 2)
+    finally:
+        page.close()
+    assert not poor, f"text below {AA_TEXT}:1 on screen when dark is forced ({declared}): {poor}"
+    # kept, the page's own dark palette is what shows; ignored, Chromium darkened the light page
+    assert (luminance(body) < 0.05) is (declared == "kept"), body
