@@ -4,7 +4,8 @@ Debian's ``spamassassin`` with its shipped rules, local tests only (``--local``:
 no network), a throwaway home so no user state or Bayes database counts. Scored are the messages
 as ``serve`` hands them to the SMTP server (aiosmtpd captures the bytes): every example
 announcement in ``config/examples``, one newsletter with every block type and a picture, and a
-short one with a picture (little text beside an image is what image-spam rules look for).
+short one with a picture (little text beside an image is what image-spam rules look for), and
+the confirmation mail of a web sign-up (the first mail a subscriber gets).
 And one newsletter signed with both DKIM keys: there SpamAssassin also runs its DNS tests, every
 question going to a DNS server in the test that holds the public keys (blocklists off), so it
 verifies the signatures itself (DKIM_VALID, DKIM_VALID_AU).
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -48,11 +50,13 @@ from .conftest import ROOT, require_or_skip
 from .pictures import png
 from .test_delivery import serving, settings_for
 from .test_email_layout import every_block
+from .test_public_pages import sign_up as web_sign_up
 from .test_store import add_subscribers
 
 EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.yaml"))
 PUBLIC_URL = "https://bzi.example.org"  # links as in production: https, a real host name
 SCORE_TIMEOUT = 120.0
+NEWCOMER = "neu@example.org"  # signs up on the web page: the confirmation mail is scored too
 SHORT_TEXT = {"type": "text", "text": "Wir feiern am Samstag auf dem Rathausplatz."}
 _REPORTED = re.compile(r"score=(?P<score>-?\d+(?:\.\d+)?)")
 _NO_BLOCKLISTS = (
@@ -104,18 +108,26 @@ async def deliver(
     database_url: str,
     announcements: list[Announcement],
     configure: Callable[[Settings], Settings] = production_like,
+    sign_up: str | None = None,
 ) -> dict[str, bytes]:
-    """Each announcement sent by the service to one subscriber; the delivered bytes by subject."""
+    """Each announcement sent by the service to one subscriber, and with ``sign_up`` the
+    confirmation mail to that address signed up on the web page; the delivered bytes by subject."""
     await add_subscribers(engine, 1)
     store = Announcements(engine)
     async with SmtpCapture() as smtp:
         settings = configure(settings_for(database_url, smtp.port))
-        async with serving(Service(settings)):
+        async with serving(Service(settings)) as url:
             for announcement in announcements:
                 await control.queue(
                     store, announcement, at=datetime.now(UTC), actor="test", allow_past=True
                 )
-            received = await smtp.handler.wait_for(len(announcements), timeout=60)
+            if sign_up:
+                jar = aiohttp.CookieJar(unsafe=True)
+                async with aiohttp.ClientSession(url, cookie_jar=jar) as http:
+                    status, answer = await web_sign_up(http, email=sign_up)
+                assert status == 200, answer
+            expected = len(announcements) + (1 if sign_up else 0)
+            received = await smtp.handler.wait_for(expected, timeout=60)
     return {str(r.message()["Subject"]): r.data for r in received}
 
 
@@ -175,8 +187,8 @@ async def test_every_example_and_every_block_score_at_most_zero(
     examples = [load_announcement(path) for path in EXAMPLES]
     short = every_block(title="Sommerfest", summary=None, blocks=[SHORT_TEXT])
     pictured = [await with_picture(engine, a, tmp_path) for a in (every_block(), short)]
-    delivered = await deliver(engine, database_url, [*examples, *pictured])
-    assert len(delivered) == len(examples) + 2, sorted(delivered)
+    delivered = await deliver(engine, database_url, [*examples, *pictured], sign_up=NEWCOMER)
+    assert len(delivered) == len(examples) + 3, sorted(delivered)  # and the confirmation mail
     scores = {
         subject: score(spamassassin, data, tmp_path / f"sa-home-{index}")
         for index, (subject, data) in enumerate(sorted(delivered.items()))
