@@ -58,6 +58,46 @@ class Dovecot:
             imap.logout()
 
 
+def _tls(root: Path) -> str:
+    """Dovecot's TLS settings, with a self-signed certificate for localhost made here."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (root / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (root / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return f"ssl = yes\nssl_cert = <{root}/cert.pem\nssl_key = <{root}/key.pem"
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -73,7 +113,7 @@ def _mail_owner() -> tuple[int, int]:
     return nobody.pw_uid, nobody.pw_gid
 
 
-def _config(root: Path, port: int) -> str:
+def _config(root: Path, port: int, *, tls: bool = False) -> str:
     user = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid()).gr_name
     # As root, Dovecot's own unprivileged accounts (made by Debian's package) run the login and
@@ -87,7 +127,7 @@ state_dir = {root}/state
 log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{_tls(root) if tls else "ssl = no"}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 login_trusted_networks = 127.0.0.0/8
@@ -128,20 +168,21 @@ service stats {{
 
 
 @contextlib.asynccontextmanager
-async def running_dovecot() -> AsyncIterator[Dovecot]:
+async def running_dovecot(*, tls: bool = False) -> AsyncIterator[Dovecot]:
     """Its own directory under /tmp: Dovecot's unprivileged processes must reach it (pytest's
-    tmp_path sits below a directory only its owner may enter)."""
+    tmp_path sits below a directory only its owner may enter). ``tls``: STARTTLS offered, with a
+    self-signed certificate for localhost."""
     require_or_skip(Path(DOVECOT).is_file(), "Dovecot (apt-get install dovecot-imapd)")
     root = Path(tempfile.mkdtemp(prefix="bzi-dovecot-"))
     try:
-        async with _serving(root) as server:
+        async with _serving(root, tls=tls) as server:
             yield server
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
-async def _serving(root: Path) -> AsyncIterator[Dovecot]:
+async def _serving(root: Path, *, tls: bool) -> AsyncIterator[Dovecot]:
     for folder in ("run", "state", "mail", "home"):
         (root / folder).mkdir(exist_ok=True)
     for folder in ("mail", "home"):
@@ -150,7 +191,7 @@ async def _serving(root: Path) -> AsyncIterator[Dovecot]:
     port = _free_port()
     (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
     config = root / "dovecot.conf"
-    config.write_text(_config(root, port))
+    config.write_text(_config(root, port, tls=tls))
     process = subprocess.Popen(
         [DOVECOT, "-F", "-c", str(config)],
         stdout=subprocess.DEVNULL,

@@ -14,6 +14,8 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bzi_broadcast.bounces.mailbox import BounceReader, MailboxError, bounce_reader
+from bzi_broadcast.bounces.verp import Verp
 from bzi_broadcast.config import BouncesSettings, Settings, load_settings
 from bzi_broadcast.errors import ConfigError
 from bzi_broadcast.service import Service
@@ -22,7 +24,7 @@ from bzi_broadcast.store.overview import REPORT_KINDS, on_connection, overview
 from bzi_broadcast.store.schema import bounces, consent_events, subscribers, suppressions
 from bzi_broadcast.testing.smtp import Received, SmtpCapture
 
-from .bounce_samples import AUTO_REPLY, arf, dsn
+from .bounce_samples import AUTO_REPLY, arf, dsn, returned_headers
 from .dovecot import Dovecot, running_dovecot
 from .test_admin import PASSWORD, client, login
 from .test_delivery import queue_now, serving, settings_for, wait_until
@@ -137,7 +139,18 @@ async def test_reports_in_the_mailbox_bounce_suppress_and_unsubscribe(
                 recipient=complained.recipient,
                 headers=headers_of(complained),
             )
-            await _append(dovecot, hard_dsn, hard_dsn, *soft_dsns, complaint, AUTO_REPLY)
+            forged_token = Verp(b"not-the-service-key-0123456789abcdef").token(1, 1)
+            forged = dsn(  # signed with another key: names no delivery of ours
+                to=f"bounces+{forged_token}@{DOMAIN}",
+                delivered_to=f"bounces+{forged_token}@{DOMAIN}",
+                recipient="person1@example.org",
+                headers=returned_headers(
+                    f"bounces+{forged_token}@{DOMAIN}",
+                    "person1@example.org",
+                    f"{forged_token}@bzi.example.org",
+                ),
+            )
+            await _append(dovecot, hard_dsn, hard_dsn, *soft_dsns, complaint, AUTO_REPLY, forged)
 
             async def first_reports_done() -> bool:
                 return (
@@ -166,7 +179,7 @@ async def test_reports_in_the_mailbox_bounce_suppress_and_unsubscribe(
             await wait_until(suppressed_after_three, timeout=ONE_POLL)
 
             async def all_moved() -> bool:
-                return await _counts(dovecot) == (0, 6, 1)
+                return await _counts(dovecot) == (0, 6, 2)
 
             await wait_until(all_moved, timeout=ONE_POLL)
             await assert_dashboard_counts(engine, base)
@@ -253,8 +266,40 @@ def test_the_imap_password_comes_from_a_file_and_stays_out_of_reprs(tmp_path: Pa
 
 
 def test_a_mailbox_without_credentials_is_refused_naming_the_setting() -> None:
-    from bzi_broadcast.bounces.mailbox import bounce_reader
-
     settings = Settings(bounces=BouncesSettings(imap_host="imap.example.org"))
     with pytest.raises(ConfigError, match=r"bounces\.imap_username"):
         bounce_reader(settings, engine=None)  # type: ignore[arg-type]
+
+
+# --- STARTTLS ---------------------------------------------------------------------------------
+
+
+async def test_the_reader_speaks_starttls_and_checks_the_certificate(tmp_path: Path) -> None:
+    """Against Dovecot with a self-signed certificate: refused while certificates are checked,
+    read with ``verify_tls = false``; what it read went to the failed folder (an auto-reply)."""
+    from bzi_broadcast.store.engine import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'unused.sqlite3'}")  # an auto-reply acts on none
+    async with running_dovecot(tls=True) as imap:
+        await _append(imap, AUTO_REPLY)
+        base = Settings().model_copy(update={"security": settings_for("sqlite://", 25).security})
+
+        def reader(verify: bool) -> BounceReader:
+            bounces = BouncesSettings(
+                imap_host="localhost",
+                imap_port=imap.port,
+                imap_security="starttls",
+                imap_username=imap.user,
+                imap_password=SecretStr(imap.password),
+                verify_tls=verify,
+            )
+            made = bounce_reader(base.model_copy(update={"bounces": bounces}), engine)
+            assert made is not None
+            return made
+
+        with pytest.raises(MailboxError):
+            await reader(True).poll()
+        assert await _counts(imap) == (1, 0, 0)
+        await reader(False).poll()
+        assert await _counts(imap) == (0, 0, 1)
+    await engine.dispose()
