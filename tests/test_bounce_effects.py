@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -151,3 +152,18 @@ async def test_a_token_whose_delivery_now_belongs_to_someone_else_names_no_deliv
     async with engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(bounces)) == 0
     assert await state(engine) == ("active", False)
+
+
+def test_status_prints_the_reports_only_where_there_are_some(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bzi_broadcast.status import _print_status
+
+    row = {"id": 3, "title": "T", "status": "sent", "publish_at": None, "channels": {}}
+    _print_status({**row, "reports": {"hard": 0, "soft": 0, "complaint": 0}})
+    _print_status({**row, "reports": {"hard": 2, "soft": 1, "complaint": 1}})
+    assert capsys.readouterr().out.splitlines() == [
+        "#3 T — sent",
+        "#3 T — sent",
+        "  Rückmeldungen: 2 unzustellbar, 1 vorübergehend unzustellbar, 1 Beschwerden",
+    ]
