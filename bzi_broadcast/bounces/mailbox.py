@@ -226,7 +226,7 @@ class BounceReader:
             log.warning("bounce mailbox: message too large uid=%s", uid)
             return failed
         try:
-            report = parse(raw)
+            report = await asyncio.to_thread(parse, raw)  # up to 10 MB: off the event loop
         except ReportError as exc:
             log.warning("bounce mailbox: not a report uid=%s reason=%s", uid, exc)
             return failed
