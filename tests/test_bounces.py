@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bzi_broadcast.bounces.mailbox import BounceReader, MailboxError, bounce_reader
@@ -302,4 +303,38 @@ async def test_the_reader_speaks_starttls_and_checks_the_certificate(tmp_path: P
         assert await _counts(imap) == (1, 0, 0)
         await reader(False).poll()
         assert await _counts(imap) == (0, 0, 1)
+    await engine.dispose()
+
+
+# --- nothing is lost ----------------------------------------------------------------------------
+
+
+async def test_a_report_whose_effects_cannot_be_written_stays_for_the_next_poll(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """The database without its tables (as if away): the report stays in the inbox, unmoved;
+    once the database is back, the next poll reads and moves it."""
+    from bzi_broadcast.store.engine import create_engine, migrate
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'later.sqlite3'}")
+    settings = bounce_settings(f"sqlite:///{tmp_path / 'later.sqlite3'}", 25, dovecot)
+    token = Verp(settings.security.signing_key()).token(7, 3)
+    address = f"bounces+{token}@{DOMAIN}"
+    await _append(
+        dovecot,
+        dsn(
+            to=address,
+            delivered_to=address,
+            recipient="person0@example.org",
+            headers=returned_headers(address, "person0@example.org", f"{token}@bzi.example.org"),
+        ),
+    )
+    reader = bounce_reader(settings, engine)
+    assert reader is not None
+    with pytest.raises(OperationalError, match="deliveries"):
+        await reader.poll()
+    assert await _counts(dovecot) == (1, 0, 0)
+    await migrate(engine)
+    await reader.poll()
+    assert await _counts(dovecot) == (0, 1, 0)
     await engine.dispose()
