@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,7 +145,6 @@ async def run_mastodon_mock(workdir: Path) -> AsyncIterator[str]:
     the account "testuser" with the token ``mock_token`` and enable fault injection.
     """
     import socket
-    import subprocess
     import sys
 
     import aiohttp
@@ -178,13 +178,18 @@ async def run_mastodon_mock(workdir: Path) -> AsyncIterator[str]:
                 await asyncio.sleep(0.1)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL after 10 s: a server a fixture started ends with its test."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 @pytest.fixture

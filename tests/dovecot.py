@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .conftest import require_or_skip
+from .conftest import require_or_skip, stop_process
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 USER = "bounces"
@@ -202,12 +202,7 @@ async def _serving(root: Path, *, tls: bool) -> AsyncIterator[Dovecot]:
         await _until_ready(server, process, root)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 async def _until_ready(server: Dovecot, process: subprocess.Popen[bytes], root: Path) -> None:
