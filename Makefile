@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.preview
 	$(BIN)/python -m bench.mastodon_split
 	$(BIN)/python -m bench.cli
+	$(BIN)/python -m bench.dkim_sign
 
 catalogs: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -k _ -k gettext -k ngettext:1,2 \
