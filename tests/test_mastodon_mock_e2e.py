@@ -58,6 +58,7 @@ def environment(database: Path, mastodon: str, web_port: int, smtp_port: int) ->
         "BZI_SMTP_PORT": str(smtp_port),
         "BZI_WEB_PORT": str(web_port),
         "BZI_EMAIL_PUBLIC_URL": f"http://127.0.0.1:{web_port}",
+        "BZI_EMAIL_ALLOW_INSECURE_PUBLIC_URL": "true",  # serve's own address on 127.0.0.1
         "BZI_DELIVERY_POLL_INTERVAL": "0.1",
         "BZI_MASTODON_ENABLED": "true",
         "BZI_MASTODON_BASE_URL": mastodon,
