@@ -223,6 +223,9 @@ def _port(value: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # pydantic looks for plugins in every installed distribution's entry points when it builds
+    # the first model: 20–40 ms of every command (bench/cli.py), for plugins this project never uses
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     with use_locale(os.environ.get("BZI_LANG", "de")):
         return _run(argv)
 
