@@ -110,9 +110,7 @@ async def until(check: Callable[[], Awaitable[object]], timeout: float) -> None:
 async def test_sigkill_mid_send_loses_nothing(
     engine: AsyncEngine, database_url: str, tmp_path: Path
 ) -> None:
-    # Three kills, each after 2,000 more emails, leave 4,000 for the last process: every kill
-    # lands mid-send with rows claimed. 20,000 took twice as long and proved nothing more.
-    total = 10_000
+    total = 20_000
     await bulk_subscribers(engine, total)
     async with SmtpCapture() as smtp:
         announcement_id = await Announcements(engine).create(
